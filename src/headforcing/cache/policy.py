@@ -1,0 +1,135 @@
+"""Cache policies as data: for each role, which latent frames its heads keep, and how they are numbered.
+
+A role keeps up to three segments (the current chunk is always appended):
+  Sink(n)        the first n frames of the video, kept forever (n=None: every frame, the `full` preset);
+  Episodic(k)    k slots chosen among frames that left `recent` (the episodic memory decides);
+  Recent(n)      the last n committed frames.
+Positions: `absolute` rotates every frame at its frame index (Self-Forcing); `compact` numbers a role's
+retained frames 0..n-1 in time order and the chunk n..n+C-1, so distances stay inside the trained window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UsageError
+from .headmap import HeadMap
+
+POSITION_SCHEMES = ("absolute", "compact")
+
+
+@dataclass(frozen=True)
+class Sink:
+    frames: int | None
+
+
+@dataclass(frozen=True)
+class Episodic:
+    slots: int
+
+
+@dataclass(frozen=True)
+class Recent:
+    frames: int
+
+
+@dataclass(frozen=True)
+class RolePolicy:
+    segments: tuple
+    positions: str = "compact"
+
+    def __post_init__(self):
+        if self.positions not in POSITION_SCHEMES:
+            raise UsageError(f"unknown position scheme {self.positions!r}; known: {', '.join(POSITION_SCHEMES)}")
+        kinds = [type(s) for s in self.segments]
+        if len(set(kinds)) != len(kinds) or not all(k in (Sink, Episodic, Recent) for k in kinds):
+            raise UsageError(f"a role keeps at most one Sink, one Episodic and one Recent segment, got {self.segments}")
+        sizes = [s.slots if isinstance(s, Episodic) else s.frames for s in self.segments]
+        if any(n is not None and n < 0 for n in sizes):
+            raise UsageError(f"segment sizes must be >= 0, got {self.segments}")
+        if self.episodic and not self.recent:
+            raise UsageError("an Episodic segment needs a Recent one: episodic frames are those leaving `recent`")
+
+    def _size(self, kind) -> int | None:
+        seg = next((s for s in self.segments if isinstance(s, kind)), None)
+        return 0 if seg is None else (seg.slots if kind is Episodic else seg.frames)
+
+    @property
+    def sink(self) -> int | None:
+        return self._size(Sink)
+
+    @property
+    def episodic(self) -> int:
+        return self._size(Episodic)
+
+    @property
+    def recent(self) -> int:
+        return self._size(Recent)
+
+    def capacity(self, max_frames: int) -> int:
+        """Context frames this role can hold (the current chunk not counted)."""
+        sink = max_frames if self.sink is None else self.sink
+        return sink + self.episodic + self.recent
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    roles: dict  # role name -> RolePolicy
+
+    @property
+    def bounded(self) -> bool:
+        return all(r.sink is not None for r in self.roles.values())
+
+    def resolve_headmap(self, num_layers: int, num_heads: int, headmap: HeadMap | None = None) -> HeadMap:
+        """The HeadMap this policy runs with: one role for every head, or the given/default map."""
+        if headmap is None:
+            if len(self.roles) == 1:
+                headmap = HeadMap.uniform(num_layers, num_heads, next(iter(self.roles)))
+            else:
+                headmap = HeadMap.by_fraction(num_layers, num_heads, DEFAULT_FRACTIONS)
+        headmap.check(num_layers, num_heads, self.roles)
+        return headmap
+
+
+# Before the profiler has run, Head Forcing's heads are split by this placeholder rule (fractions read from
+# the public description of the method: 25% anchor, 20% local, the rest memory).
+DEFAULT_FRACTIONS = {"anchor": 0.25, "local": 0.20, "memory": 0.55}
+
+
+def window_policy(name: str, window: int, sink: int, chunk: int, positions: str = "absolute") -> Policy:
+    """Self-Forcing's `local_attn_size` / `sink_size` semantics: `window` frames including the current
+    chunk, the first `sink` of them kept forever. window <= 0 keeps everything."""
+    if window <= 0:
+        return Policy(name, {"all": RolePolicy((Sink(None),), positions)})
+    if window - sink - chunk < 0:
+        raise UsageError(f"window {window} cannot hold a sink of {sink} and a chunk of {chunk} frames")
+    segments = ((Sink(sink),) if sink else ()) + (Recent(window - sink - chunk),)
+    return Policy(name, {"all": RolePolicy(segments, positions)})
+
+
+def preset(name: str, chunk: int = 3, window: int = 21) -> Policy:
+    """The published methods, all on one engine. `window` is the trained context in latent frames."""
+    if name == "full":
+        return window_policy(name, -1, 0, chunk)
+    if name == "self-forcing":
+        return window_policy(name, window, 0, chunk, "absolute")
+    if name == "longlive":
+        return window_policy(name, 12, 3, chunk, "absolute")
+    if name == "infinity-rope":
+        return window_policy(name, window, 3, chunk, "compact")
+    if name == "deep-forcing":
+        return window_policy(name, window, window // 2 - 1, chunk, "compact")
+    if name == "headforcing":
+        return Policy(
+            name,
+            {
+                "local": RolePolicy((Recent(3),)),
+                "anchor": RolePolicy((Sink(3), Recent(3))),
+                "memory": RolePolicy((Sink(3), Episodic(6), Recent(9))),
+            },
+        )
+    raise UsageError(f"unknown policy {name!r}; known: {', '.join(PRESETS)}")
+
+
+PRESETS = ("full", "self-forcing", "longlive", "infinity-rope", "deep-forcing", "headforcing")

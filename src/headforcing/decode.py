@@ -1,0 +1,58 @@
+"""Streaming decode: each chunk of latents becomes video frames as soon as it is sampled.
+
+diffusers' AutoencoderKLWan decodes causally, one latent frame at a time, with a feature cache of its
+causal convolutions. Keeping that cache across chunks makes chunk-by-chunk decoding identical to a full
+decode: N latent frames give 4N-3 video frames.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class StreamingVaeDecoder:
+    writes_video = True
+
+    def __init__(self, vae):
+        self.vae = vae
+        param = next(vae.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        cfg = vae.config
+        self.mean = torch.tensor(cfg.latents_mean, device=self.device).view(1, -1, 1, 1, 1)
+        self.std = torch.tensor(cfg.latents_std, device=self.device).view(1, -1, 1, 1, 1)
+        self.reset()
+
+    def reset(self) -> None:
+        self.feat_cache = [None] * sum(type(m).__name__ == "WanCausalConv3d" for m in self.vae.decoder.modules())
+        self.first = True
+
+    @torch.no_grad()
+    def decode_float(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents [B, F, C, h, w] (normalised, as the DiT makes them) -> video [B, 3, F', H, W] in [-1, 1]."""
+        z = latents.to(self.device, torch.float32).permute(0, 2, 1, 3, 4)  # [B, C, F, h, w]
+        z = (z * self.std + self.mean).to(self.dtype)
+        x = self.vae.post_quant_conv(z)  # kernel 1 in time: per frame
+        outs = []
+        for i in range(x.shape[2]):
+            outs.append(
+                self.vae.decoder(x[:, :, i : i + 1], feat_cache=self.feat_cache, feat_idx=[0], first_chunk=self.first)
+            )
+            self.first = False
+        return torch.cat(outs, dim=2).clamp(-1, 1)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents [B, F, C, h, w] -> frames [B, F', H, W, 3] uint8 on the CPU."""
+        video = self.decode_float(latents)
+        return ((video.float() + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu()
+
+
+class IdentityDecoder:
+    """Latent-only runs: the chunk's latents pass through untouched (nothing is written)."""
+
+    writes_video = False
+
+    def reset(self) -> None:
+        pass
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents

@@ -1,0 +1,75 @@
+"""H.264 mp4 written frame by frame with PyAV, atomically: nothing is left behind if a run fails."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .errors import UsageError
+
+
+def check_writable(path: str | Path) -> Path:
+    """Fail early (before any work) if the mp4 cannot be written there."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.suffix.lower() != ".mp4":
+        raise UsageError(f"output must be an .mp4 file, got {path}")
+    if path.is_dir():
+        raise UsageError(f"output {path} is a directory")
+    if not parent.is_dir():
+        raise UsageError(f"output folder {parent} does not exist")
+    try:  # the only reliable test (permissions, read-only mounts, root) is to create a file there
+        fd, probe = tempfile.mkstemp(suffix=".mp4", prefix=".probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"output {path} is not writable: {e.strerror}") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"output {path} is not writable")
+    return path
+
+
+class Mp4Writer:
+    """Use as a context manager; frames go to a temporary file renamed into place on success."""
+
+    def __init__(self, path: str | Path, width: int, height: int, fps: int = 16, crf: int = 18):
+        self.path = check_writable(path)
+        fd, self.tmp = tempfile.mkstemp(suffix=".mp4", prefix=".partial-", dir=self.path.parent)
+        os.close(fd)
+        self.container = av.open(self.tmp, "w")
+        self.stream = self.container.add_stream("libx264", rate=fps, options={"crf": str(crf)})
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
+        self.frames = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        """frames [N, H, W, 3] uint8."""
+        for frame in frames:
+            self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        self.frames += len(frames)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                self.container.mux(self.stream.encode())
+            self.container.close()
+            if exc_type is None:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(self.tmp, 0o666 & ~umask)
+                os.replace(self.tmp, self.path)
+        finally:
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+        return False
+
+
+def count_frames(path: str | Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))

@@ -1,0 +1,51 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers.utils import logging as diffusers_logging
+
+from headforcing.cache.headwise import HeadwiseCache
+from headforcing.models import TINY, build_transformer
+from headforcing.sampler import ChunkSampler, SeededNoise
+
+torch.set_num_threads(2)
+diffusers_logging.set_verbosity_error()  # the oracle casts the whole tiny model to float64 on purpose
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("HEADFORCING_SHARED", ROOT.parent / "shared"))
+
+
+def golden(name: str) -> Path:
+    path = shared_dir() / "golden" / name
+    if not path.exists():
+        pytest.skip(f"golden recording {path} is absent (set HEADFORCING_SHARED to the shared/ folder)")
+    return path
+
+
+def text(seed: int = 1) -> torch.Tensor:
+    """A tiny-model text context [1, text_len, text_dim]."""
+    return torch.randn(1, TINY.text_len, TINY.transformer["text_dim"], generator=torch.Generator().manual_seed(seed))
+
+
+def run_chunks(cache, num_chunks: int, latent_hw=(4, 4), dtype=torch.float32, seed=0, transformer=None, on_chunk=None):
+    """Generate `num_chunks` chunks of the tiny model through `cache`; latents [1, F, C, h, w] float32."""
+    transformer = transformer or build_transformer(TINY, seed=3)
+    transformer = transformer.to(dtype)
+    cache.install(transformer)
+    sampler = ChunkSampler(transformer, cache, chunk_frames=TINY.chunk_frames)
+    chw = (TINY.latent_channels, *latent_hw)
+    sampler.start(1, chw)
+    noise, out = SeededNoise(seed), []
+    for i in range(num_chunks):
+        out.append(sampler.chunk(i, text(), noise, 1, chw))
+        if on_chunk:
+            on_chunk(i, cache)
+    return torch.cat(out, dim=1)
+
+
+def engine_cache(policy, headmap, max_frames: int, **kw) -> HeadwiseCache:
+    return HeadwiseCache(policy, headmap, TINY.head_dim, max_frames, TINY.chunk_frames, **kw)

@@ -1,0 +1,109 @@
+"""The command line: end to end on the tiny model, and one-line errors with exit code 2 on bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from headforcing.cli import main
+from headforcing.pipeline import latent_frames_for, video_frames
+from headforcing.video import count_frames
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "headforcing.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_generate_60_seconds_end_to_end(tmp_path):
+    out = tmp_path / "long.mp4"
+    proc = run_cli("generate", "--prompt", "a red ball", "--seconds", "60", "--policy", "headforcing", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    n = latent_frames_for(60, 16, 3)
+    assert n == 243 and count_frames(out) == video_frames(n) == 969
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert summary.startswith("frames 969 (243 latent), duration 60.56 s") and "FPS" in summary and "cache" in summary
+    assert "frame/s" in proc.stderr  # the progress bar
+    assert [p.name for p in tmp_path.iterdir()] == ["long.mp4"]
+
+
+def test_same_seed_same_video_other_seed_differs(tmp_path):
+    paths = [tmp_path / f"{i}.mp4" for i in range(3)]
+    for path, seed in zip(paths, (1, 1, 2)):
+        assert main(["generate", "--prompt", "x", "--seconds", "0.5", "--seed", str(seed), "--out", str(path), "--quiet"]) == 0
+    data = [p.read_bytes() for p in paths]
+    assert data[0] == data[1] != data[2]
+
+
+def test_latents_only_run(capsys):
+    assert main(["generate", "--prompt", "x", "--seconds", "1", "--latents-only", "--quiet", "--policy", "longlive"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("frames 6 (6 latent)")
+
+
+def exit_code(args) -> int:
+    """main's exit code, including argparse's own exits."""
+    try:
+        return main(args)
+    except SystemExit as e:
+        return e.code
+
+
+def bad_headmap(tmp_path, roles):
+    path = tmp_path / "heads.json"
+    path.write_text(json.dumps({"roles": roles}))
+    return str(path)
+
+
+BAD = {
+    "unknown preset": (["--policy", "nope"], "unknown policy 'nope'"),
+    "zero seconds": (["--seconds", "0"], "--seconds must be a positive number"),
+    "negative seconds": (["--seconds", "-3"], "--seconds must be a positive number"),
+    "size": (["--size", "100x64"], "multiples of 16"),
+    "size syntax": (["--size", "big"], "size must be WIDTHxHEIGHT"),
+    "full too long": (["--policy", "full", "--seconds", "20"], "valid only inside the trained window"),
+    "empty prompt": (["--prompt", " "], "--prompt is empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_one_line_exit_2_no_file(case, tmp_path, capsys):
+    extra, message = BAD[case]
+    out = tmp_path / "v.mp4"
+    args = ["generate", "--prompt", "x", "--seconds", "1", "--out", str(out), "--quiet"]
+    assert exit_code(args + extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "roles, message",
+    [
+        ([["local"] * 4] * 2, "HeadMap is 2 layers"),
+        ([["local"] * 3] * 3, "the model has 3 layers x 4 heads"),
+        ([["local", "anchor", "memory", "boss"]] * 3, "unknown role(s) ['boss']"),
+        ("not a list", "HeadMap JSON needs 'roles'"),
+    ],
+)
+def test_malformed_headmap(roles, message, tmp_path, capsys):
+    heads = bad_headmap(tmp_path, roles)
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--prompt", "x", "--seconds", "1", "--heads", heads, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not out.exists()
+
+
+def test_unwritable_output(tmp_path, capsys):
+    missing = tmp_path / "no" / "such" / "dir" / "v.mp4"
+    assert main(["generate", "--prompt", "x", "--seconds", "1", "--out", str(missing), "--quiet"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "x", "--seconds", "1", "--out", "/sys/v.mp4", "--quiet"]) == 2
+    assert "not writable" in capsys.readouterr().err  # /sys refuses new files, even to root
+
+
+def test_conformance_on_a_non_recording(tmp_path, capsys):
+    path = tmp_path / "x.pt"
+    path.write_bytes(b"not a torch file")
+    assert main(["conformance", str(path)]) == 2
+    assert "cannot be read as a plain dict of tensors" in capsys.readouterr().err
