@@ -1,4 +1,4 @@
-"""headforcing generate | conformance"""
+"""headforcing generate | conformance | inspect"""
 
 from __future__ import annotations
 
@@ -41,6 +41,15 @@ def build_parser() -> Parser:
     gen.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     gen.add_argument("--dtype", help="float32 or bfloat16 (default: bfloat16 on GPU, float32 on CPU)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.add_argument("--wan-dir", help="Wan2.1-T2V-1.3B folder, diffusers or original layout (env HEADFORCING_WAN_DIR)")
+    gen.add_argument("--checkpoint", help="causal DiT checkpoint: self_forcing_dmd.pt, ... (env HEADFORCING_CHECKPOINT)")
+    gen.add_argument("--lora", help="LoRA checkpoint merged into the DiT at load (LongLive)")
+    gen.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: the rank, i.e. scale 1)")
+    gen.add_argument("--no-ema", action="store_true", help="use `generator` rather than `generator_ema`")
+    gen.add_argument("--text-encoder-device", help="where umT5 runs (default: the run's device; offloaded after)")
+
+    ins = sub.add_parser("inspect", help="say what a checkpoint file or Wan folder is and whether it loads")
+    ins.add_argument("path")
 
     conf = sub.add_parser("conformance", help="replay a Self-Forcing recording and compare its latents")
     conf.add_argument("recording")
@@ -64,11 +73,17 @@ def run_generate(args) -> int:
         heads=args.heads,
         device=args.device,
         dtype=args.dtype,
+        wan_dir=args.wan_dir,
+        checkpoint=args.checkpoint,
+        lora=args.lora,
+        lora_alpha=args.lora_alpha,
+        ema=not args.no_ema,
+        text_encoder_device=args.text_encoder_device,
     )
     if not request.prompt.strip():
         raise UsageError("--prompt is empty")
     summary = generate(request, progress=not args.quiet)
-    if args.model == "tiny":
+    if summary.model == "tiny":
         print("note: the tiny model has random weights, so its video is noise; real weights give real videos.")
     print(summary.line())
     return 0
@@ -83,10 +98,19 @@ def run_conformance(args) -> int:
     return 0 if ok else 1
 
 
+def run_inspect(args) -> int:
+    from .inspect import inspect_path
+
+    report = inspect_path(args.path)
+    print("\n".join(report.lines))
+    return 0 if report.loadable else 1
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    commands = {"generate": run_generate, "conformance": run_conformance, "inspect": run_inspect}
     try:
-        return {"generate": run_generate, "conformance": run_conformance}[args.command](args)
+        return commands[args.command](args)
     except UsageError as e:
         print(f"headforcing: error: {e}", file=sys.stderr)
         return 2

@@ -9,9 +9,10 @@ import torch
 from .cache.headwise import HeadwiseCache
 from .cache.policy import window_policy
 from .errors import UsageError
-from .models import ModelSpec, build_transformer, transformer_config_from_original
+from .loading import dit_from_original
+from .models import ModelSpec, transformer_config_from_original
 from .sampler import ChunkSampler, RecordedNoise, Schedule
-from .weights import load_into, pick_generator, read_pt, to_diffusers
+from .weights import pick_generator, read_pt, strip_prefix
 
 REQUIRED = ("config", "checkpoint", "prompt_embeds", "noise", "step_noises", "latents")
 
@@ -29,8 +30,7 @@ def replay(rec: dict, positions: str = "absolute") -> torch.Tensor:
     cfg = rec["config"]
     chunk = cfg["num_frame_per_block"]
     spec = ModelSpec(name="recording", transformer=transformer_config_from_original(cfg), text_len=cfg["text_len"])
-    transformer = build_transformer(spec)
-    load_into(transformer, to_diffusers(dict(pick_generator(rec["checkpoint"]))))
+    transformer = dit_from_original(strip_prefix(pick_generator(rec["checkpoint"])), spec.transformer)
     policy = window_policy("recording", cfg["local_attn_size"], cfg["sink_size"], chunk, positions)
     batch, frames, channels, height, width = rec["noise"].shape
     headmap = policy.resolve_headmap(spec.num_layers, spec.num_heads)

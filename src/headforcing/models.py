@@ -80,7 +80,7 @@ TINY = ModelSpec(
     transformer=transformer_config_from_original(
         dict(dim=96, num_heads=4, num_layers=3, ffn_dim=128, text_dim=32, freq_dim=32)
     ),
-    vae=dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True]),
+    vae=dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True]),
     text_len=16,
     size=(64, 64),
 )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import resource
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm import tqdm
@@ -15,7 +16,9 @@ from .cache.headwise import HeadwiseCache
 from .cache.policy import preset
 from .decode import IdentityDecoder, StreamingVaeDecoder
 from .errors import UsageError
-from .models import ToyTextEncoder, build_transformer, build_vae, get_spec, to_device
+from .loading import dit_from_original, find_wan_folder, read_causal_checkpoint
+from .models import WAN_1_3B, ToyTextEncoder, build_transformer, build_vae, get_spec, to_device
+from .text import WanTextEncoder
 from .sampler import ChunkSampler, SeededNoise
 from .video import Mp4Writer, check_writable
 
@@ -32,10 +35,17 @@ class Request:
     heads: str | None = None  # HeadMap JSON for multi-role policies
     device: str | None = None
     dtype: str | None = None
+    wan_dir: str | None = None  # a Wan2.1-T2V folder (or $HEADFORCING_WAN_DIR): VAE, umT5, tokenizer
+    checkpoint: str | None = None  # the causal DiT (or $HEADFORCING_CHECKPOINT)
+    lora: str | None = None  # a LoRA merged into the DiT (LongLive)
+    lora_alpha: float | None = None  # None: alpha = rank
+    ema: bool = True  # generator_ema if the checkpoint has it
+    text_encoder_device: str | None = None  # default: the run's device; moved off the GPU after encoding
 
 
 @dataclass
 class Summary:
+    model: str
     frames: int
     latent_frames: int
     duration_s: float
@@ -82,7 +92,15 @@ class Engine:
 
     def __init__(self, request: Request):
         self.request = request
+        wan_dir = request.wan_dir or os.environ.get("HEADFORCING_WAN_DIR")
+        checkpoint = request.checkpoint or os.environ.get("HEADFORCING_CHECKPOINT")
+        if bool(wan_dir) != bool(checkpoint):
+            given = "--wan-dir" if wan_dir else "--checkpoint"
+            raise UsageError(f"real weights need both --wan-dir and --checkpoint (or their env vars); only {given} given")
+        folder = find_wan_folder(wan_dir) if wan_dir else None
         spec = self.spec = get_spec(request.model)
+        if folder is not None:
+            spec = self.spec = replace(WAN_1_3B, name="local", transformer=folder.transformer_config(), text_len=folder.text_len())
         width, height = request.size or spec.size
         if width <= 0 or height <= 0 or width % spec.size_multiple or height % spec.size_multiple:
             raise UsageError(f"size {width}x{height}: width and height must be positive multiples of {spec.size_multiple}")
@@ -101,15 +119,23 @@ class Engine:
         self.device = pick_device(request.device)
         self.dtype = pick_dtype(request.dtype, self.device)
 
-        self.transformer = to_device(build_transformer(spec), self.device, self.dtype)
+        if folder is None:
+            self.transformer = to_device(build_transformer(spec), self.device, self.dtype)
+            self.text = ToyTextEncoder(spec.transformer["text_dim"], spec.text_len)(request.prompt)
+            vae = build_vae(spec) if request.out is not None else None
+        else:
+            state = read_causal_checkpoint(checkpoint, request.lora, request.lora_alpha, request.ema)
+            self.transformer = dit_from_original(state, spec.transformer, self.dtype).to(self.device)
+            del state
+            text_device = torch.device(request.text_encoder_device) if request.text_encoder_device else self.device
+            encoder = WanTextEncoder(*folder.load_text_encoder(self.dtype), spec.text_len, text_device)
+            self.text = encoder(request.prompt)
+            encoder.offload()
+            vae = folder.load_vae(self.dtype) if request.out is not None else None
         self.cache = HeadwiseCache(self.policy, self.headmap, spec.head_dim, self.latent_frames, spec.chunk_frames)
         self.cache.install(self.transformer)
         self.sampler = ChunkSampler(self.transformer, self.cache, chunk_frames=spec.chunk_frames)
-        self.text = ToyTextEncoder(spec.transformer["text_dim"], spec.text_len)(request.prompt)
-        if request.out is not None:
-            self.decoder = StreamingVaeDecoder(build_vae(spec).to(self.device))
-        else:
-            self.decoder = IdentityDecoder()
+        self.decoder = StreamingVaeDecoder(vae.to(self.device)) if vae is not None else IdentityDecoder()
         stride = spec.vae_stride
         self.latent_chw = (spec.latent_channels, height // stride[1], width // stride[2])
 
@@ -148,6 +174,7 @@ def generate(request: Request, progress: bool = True) -> Summary:
     seconds = time.perf_counter() - start
     frames = written or engine.latent_frames
     return Summary(
+        model=engine.spec.name,
         frames=frames,
         latent_frames=engine.latent_frames,
         duration_s=video_frames(engine.latent_frames) / engine.spec.fps,
