@@ -31,21 +31,28 @@ def text(seed: int = 1) -> torch.Tensor:
     return torch.randn(1, TINY.text_len, TINY.transformer["text_dim"], generator=torch.Generator().manual_seed(seed))
 
 
-def run_chunks(cache, num_chunks: int, latent_hw=(4, 4), dtype=torch.float32, seed=0, transformer=None, on_chunk=None):
-    """Generate `num_chunks` chunks of the tiny model through `cache`; latents [1, F, C, h, w] float32."""
+def run_chunks(cache, num_chunks: int, latent_hw=(4, 4), dtype=torch.float32, seed=0, transformer=None,
+               on_chunk=None, switch_at=None):
+    """Generate `num_chunks` chunks of the tiny model through `cache`; latents [1, F, C, h, w] float32.
+    switch_at: from that chunk on the prompt changes, and `recache` roles re-encode their recent frames."""
     transformer = transformer or build_transformer(TINY, seed=3)
     transformer = transformer.to(dtype)
     cache.install(transformer)
     sampler = ChunkSampler(transformer, cache, chunk_frames=TINY.chunk_frames)
     chw = (TINY.latent_channels, *latent_hw)
     sampler.start(1, chw)
-    noise, out = SeededNoise(seed), []
+    noise, out, context = SeededNoise(seed), [], text()
     for i in range(num_chunks):
-        out.append(sampler.chunk(i, text(), noise, 1, chw))
+        if i == switch_at:
+            context = text(seed=2)
+            frames = min(cache.policy.recache_frames, 3 * i)
+            if frames:
+                sampler.recache(torch.cat(out, dim=1)[:, -frames:], 3 * i - frames, context)
+        out.append(sampler.chunk(i, context, noise, 1, chw))
         if on_chunk:
             on_chunk(i, cache)
     return torch.cat(out, dim=1)
 
 
 def engine_cache(policy, headmap, max_frames: int, **kw) -> HeadwiseCache:
-    return HeadwiseCache(policy, headmap, TINY.head_dim, max_frames, TINY.chunk_frames, **kw)
+    return HeadwiseCache(policy, headmap, TINY.head_dim, max_frames, TINY.chunk_frames, keep_log=True, **kw)

@@ -30,7 +30,7 @@ def rope_frame(x: torch.Tensor, position: int, grid: tuple[int, int]) -> torch.T
 
 
 def kept_frames(role, chunk_start: int) -> list[int]:
-    """The frames a role sees before the chunk starting at `chunk_start` (the episodic slots stay empty)."""
+    """The sink and recent frames a role sees before the chunk starting at `chunk_start`."""
     committed = list(range(chunk_start))
     sink = committed if role.sink is None else committed[: role.sink]
     rest = [f for f in committed if f not in sink]
@@ -39,9 +39,14 @@ def kept_frames(role, chunk_start: int) -> list[int]:
 
 
 class OracleCache:
-    def __init__(self, policy, headmap, chunk_frames: int = 3):
+    """`decisions`: the engine's episodic log, replayed here ("given the same slot decisions")."""
+
+    def __init__(self, policy, headmap, chunk_frames: int = 3, decisions: list | None = None):
         self.policy, self.headmap, self.chunk_frames = policy, headmap, chunk_frames
+        self.decisions = decisions or []
         self.committing = False
+        self.recache = None  # (first frame, frames) while re-encoding after a prompt switch
+        self.attention_log = None  # a list to record every head's full attention matrix in, if wanted
 
     def install(self, transformer):
         for layer, block in enumerate(transformer.blocks):
@@ -51,9 +56,25 @@ class OracleCache:
         self.grid = grid_hw
         self.keys = [dict() for _ in self.headmap.roles]  # layer -> frame -> [B, H, T, D] before RoPE
         self.values = [dict() for _ in self.headmap.roles]
+        # layer -> head -> episodic slot -> [frame, keys [B, T, D], values [B, T, D]]
+        self.episodic = [[dict() for _ in layer] for layer in self.headmap.roles]
 
     def begin_chunk(self, first_frame, chunk_frames):
         self.first_frame = first_frame
+
+    @contextmanager
+    def recaching(self, first_frame, num_frames):
+        self.recache = (first_frame, num_frames)
+        try:
+            yield
+        finally:
+            self.recache = None
+
+    def recent_frames(self, layer: int, head: int, chunk_start: int) -> list[int]:
+        """The recent frames a `recache` head re-encodes before the chunk starting at chunk_start."""
+        role = self.policy.roles[self.headmap.roles[layer][head]]
+        kept = kept_frames(role, chunk_start)
+        return kept[0 if role.sink is None else role.sink :] if role.on_switch == "recache" else []
 
     @contextmanager
     def commit(self):
@@ -63,15 +84,32 @@ class OracleCache:
         finally:
             self.committing = False
 
-    def view(self, role_name: str) -> tuple[list[int], list[int], list[int]]:
-        """(kept frames, their positions, the chunk's positions) for one role."""
-        role = self.policy.roles[role_name]
-        frames = kept_frames(role, self.first_frame)
+    def view(self, layer: int, head: int) -> tuple[list, list[int]]:
+        """([(frame, keys [B, T, D], values [B, T, D], position)] a head sees, the chunk's positions)."""
+        role = self.policy.roles[self.headmap.roles[layer][head]]
+        entries = [(f, self.keys[layer][f][:, head], self.values[layer][f][:, head]) for f in kept_frames(role, self.first_frame)]
+        entries += [tuple(e) for e in self.episodic[layer][head].values()]
+        entries.sort(key=lambda e: e[0])
         chunk = list(range(self.first_frame, self.first_frame + self.chunk_frames))
         if role.positions == "absolute":
-            return frames, frames, chunk
-        n = len(frames)
-        return frames, list(range(n)), list(range(n, n + self.chunk_frames))
+            return [e + (e[0],) for e in entries], chunk
+        n = len(entries)
+        return [e + (rank,) for rank, e in enumerate(entries)], list(range(n, n + self.chunk_frames))
+
+    def replay_decisions(self, layer: int) -> None:
+        chunk = self.first_frame // self.chunk_frames
+        for d in self.decisions:
+            if d["layer"] != layer or d["chunk"] != chunk:
+                continue
+            for h in self.headmap.heads_of(layer, d["role"]):
+                k, v = self.keys[layer][d["frame"]][:, h], self.values[layer][d["frame"]][:, h]
+                slots = self.episodic[layer][h]
+                if d["action"] in ("admit", "replace"):
+                    slots[d["slot"]] = [d["frame"], k, v]
+                else:  # merge: count-weighted average, the slot keeps its frame
+                    w = 1.0 / d["count"]
+                    slot = slots[d["slot"]]
+                    slot[1], slot[2] = (1 - w) * slot[1] + w * k, (1 - w) * slot[2] + w * v
 
 
 class OracleProcessor:
@@ -85,15 +123,17 @@ class OracleProcessor:
         k = attn.norm_k(attn.to_k(x)).unflatten(2, (attn.heads, -1))
         v = attn.to_v(x).unflatten(2, (attn.heads, -1))
         batch, tokens, heads, head_dim = q.shape
+        if o.recache is not None:
+            return attn.to_out[0](self.re_encode(q, k, v).flatten(2))
         T = tokens // o.chunk_frames
         out = torch.zeros_like(q)
         for b in range(batch):
             for h in range(heads):
-                frames, positions, chunk_pos = o.view(o.headmap.roles[self.layer][h])
+                entries, chunk_pos = o.view(self.layer, h)
                 ks, vs = [], []
-                for f, p in zip(frames, positions):
-                    ks.append(rope_frame(o.keys[self.layer][f][b, h], p, o.grid))
-                    vs.append(o.values[self.layer][f][b, h])
+                for _, keys, values, p in entries:
+                    ks.append(rope_frame(keys[b], p, o.grid))
+                    vs.append(values[b])
                 qs = []
                 for i, p in enumerate(chunk_pos):
                     ks.append(rope_frame(k[b, i * T : (i + 1) * T, h], p, o.grid))
@@ -102,9 +142,38 @@ class OracleProcessor:
                 K, V, Q = torch.cat(ks), torch.cat(vs), torch.cat(qs)
                 weights = torch.softmax(Q @ K.T / math.sqrt(head_dim), dim=-1)
                 out[b, :, h] = weights @ V
+                if o.attention_log is not None:
+                    key_frames = [e[0] for e in entries] + list(range(o.first_frame, o.first_frame + o.chunk_frames))
+                    o.attention_log.append(dict(layer=self.layer, head=h, first=o.first_frame, commit=o.committing,
+                                                key_frames=key_frames, weights=weights))
         if o.committing:
             for i in range(o.chunk_frames):
                 frame = o.first_frame + i
                 o.keys[self.layer][frame] = k[:, i * T : (i + 1) * T].transpose(1, 2).clone()  # [B, H, T, D]
                 o.values[self.layer][frame] = v[:, i * T : (i + 1) * T].transpose(1, 2).clone()
+            o.replay_decisions(self.layer)
         return attn.to_out[0](out.flatten(2))
+
+    def re_encode(self, q, k, v):
+        """Block-causal attention among the re-encoded frames (positions 0..R-1), then the recent frames of
+        `recache` roles take the new keys/values, head by head."""
+        o = self.owner
+        first, frames = o.recache
+        batch, tokens, heads, head_dim = q.shape
+        T = tokens // frames
+        chunk_of = [(first + i // T) // o.chunk_frames for i in range(tokens)]
+        allowed = torch.tensor([[a >= b for b in chunk_of] for a in chunk_of])
+        out = torch.zeros_like(q)
+        for b in range(batch):
+            for h in range(heads):
+                Q = torch.cat([rope_frame(q[b, i * T : (i + 1) * T, h], i, o.grid) for i in range(frames)])
+                K = torch.cat([rope_frame(k[b, i * T : (i + 1) * T, h], i, o.grid) for i in range(frames)])
+                scores = (Q @ K.T / math.sqrt(head_dim)).masked_fill(~allowed, float("-inf"))
+                out[b, :, h] = torch.softmax(scores, dim=-1) @ v[b, :, h]
+        for h in range(heads):
+            for f in o.recent_frames(self.layer, h, first + frames):
+                if first <= f < first + frames:
+                    i = f - first
+                    o.keys[self.layer][f][:, h] = k[:, i * T : (i + 1) * T, h]
+                    o.values[self.layer][f][:, h] = v[:, i * T : (i + 1) * T, h]
+        return out

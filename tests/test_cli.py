@@ -27,6 +27,22 @@ def test_generate_60_seconds_end_to_end(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["long.mp4"]
 
 
+def test_three_prompt_60_second_timeline(tmp_path):
+    out = tmp_path / "story.mp4"
+    proc = run_cli("generate", "--prompt", "a red ball@0", "--prompt", "the ball turns blue@20", "--prompt",
+                   "a green cube@40", "--seconds", "60", "--out", str(out), "--trace", str(tmp_path / "trace.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["story.mp4", "story.timeline.json", "trace.jsonl"]
+    applied = json.loads((tmp_path / "story.timeline.json").read_text())
+    assert [c["prompt"] for c in applied] == ["a red ball", "the ball turns blue", "a green cube"]
+    for cue in applied:  # the first chunk boundary at or after the requested time
+        assert cue["start_seconds"] >= cue["requested_start"] and cue["start_seconds"] - 12 / 16 < cue["requested_start"]
+    assert [c["chunk"] for c in applied] == [0, 27, 54]
+    assert count_frames(out) == 969
+    trace = [json.loads(line) for line in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    assert {t["layer"] for t in trace} == {0, 1, 2} and sum(t["admitted"] + t["merged"] + t["replaced"] for t in trace) > 0
+
+
 def test_same_seed_same_video_other_seed_differs(tmp_path):
     paths = [tmp_path / f"{i}.mp4" for i in range(3)]
     for path, seed in zip(paths, (1, 1, 2)):
@@ -62,6 +78,13 @@ BAD = {
     "size syntax": (["--size", "big"], "size must be WIDTHxHEIGHT"),
     "full too long": (["--policy", "full", "--seconds", "20"], "valid only inside the trained window"),
     "empty prompt": (["--prompt", " "], "--prompt is empty"),
+    "timeline order": (["--prompt", "b@0", "--prompt", "c@0.5", "--prompt", "d@0.2"], "prompt starts must increase"),
+    "timeline past end": (["--prompt", "b@0", "--prompt", "c@9"], "past the end of the 1.31 s video"),
+    "timeline empty prompt": (["--prompt", "b@0", "--prompt", "@0.5"], "is empty"),
+    "timeline late start": (["--prompt", "b@0.3"], "must start at 0 s"),
+    "same chunk": (["--prompt", "b@0", "--prompt", "c@0.5", "--prompt", "d@0.55"], "fall in the same chunk"),
+    "auto on one role": (["--policy", "longlive", "--heads", "auto"], "needs a policy with several roles"),
+    "bad rule": (["--heads", "auto", "--rule", "anchor=sink:top200%,memory=rest"], "must be in (0%, 100%]"),
 }
 
 
@@ -69,7 +92,9 @@ BAD = {
 def test_bad_input_one_line_exit_2_no_file(case, tmp_path, capsys):
     extra, message = BAD[case]
     out = tmp_path / "v.mp4"
-    args = ["generate", "--prompt", "x", "--seconds", "1", "--out", str(out), "--quiet"]
+    args = ["generate", "--seconds", "1", "--out", str(out), "--quiet"]
+    if "--prompt" not in extra:
+        args += ["--prompt", "x"]
     assert exit_code(args + extra) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err and "Traceback" not in err

@@ -1,12 +1,14 @@
 """Every preset agrees with a naive float64 oracle (explicit per-head frame lists and positions)."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from conftest import engine_cache, run_chunks
 from oracle import OracleCache
 
 from headforcing.cache.headmap import HeadMap
-from headforcing.cache.policy import PRESETS, preset
+from headforcing.cache.policy import PRESETS, Policy, preset
 from headforcing.models import TINY
 
 CHUNKS = 10  # 30 latent frames: past every window (21) and the sinks
@@ -23,10 +25,11 @@ def mixed_headmap() -> HeadMap:
     )
 
 
-def run_both(policy, headmap, chunks=CHUNKS):
-    engine = run_chunks(engine_cache(policy, headmap, 3 * chunks), chunks)
-    oracle = run_chunks(OracleCache(policy, headmap), chunks, dtype=torch.float64)
-    return engine, oracle
+def run_both(policy, headmap, chunks=CHUNKS, **cache_args):
+    cache = engine_cache(policy, headmap, 3 * chunks, **cache_args)
+    engine = run_chunks(cache, chunks)
+    oracle = run_chunks(OracleCache(policy, headmap, decisions=cache.episodic_log), chunks, dtype=torch.float64)
+    return engine, oracle, cache.episodic_log
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -35,7 +38,7 @@ def test_engine_matches_float64_oracle(name):
     chunks = 7 if name == "full" else CHUNKS  # full is valid inside the 21-frame window only
     headmap = mixed_headmap() if len(policy.roles) > 1 else None
     headmap = policy.resolve_headmap(TINY.num_layers, TINY.num_heads, headmap)
-    engine, oracle = run_both(policy, headmap, chunks)
+    engine, oracle, _ = run_both(policy, headmap, chunks)
     assert engine.shape == (1, 3 * chunks, 16, 4, 4)
     assert (engine - oracle).abs().max().item() < 1e-4
 
@@ -48,3 +51,35 @@ def test_oracle_tells_policies_apart():
     swapped = HeadMap(tuple(tuple({"local": "anchor", "anchor": "local"}.get(r, r) for r in layer) for layer in headmap.roles))
     oracle = run_chunks(OracleCache(wrong, swapped), CHUNKS, dtype=torch.float64)
     assert (engine - oracle).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("novelty, later", [(0.0, "replace"), (2.0, "merge")])
+def test_headforcing_with_episodic_decisions_matches_oracle(novelty, later):
+    """Novelty 0: every frame leaving `recent` replaces the least-used slot; 2: every one is merged."""
+    from headforcing.cache.episodic import EpisodicConfig
+
+    policy = preset("headforcing")
+    engine, oracle, log = run_both(policy, mixed_headmap(), episodic=EpisodicConfig(novelty=novelty))
+    actions = {d["action"] for d in log}
+    assert actions == {"admit", later}
+    assert (engine - oracle).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["headforcing", "longlive", "self-forcing"])
+def test_prompt_switch_keep_and_recache_match_oracle(name):
+    """A prompt switch at chunk 6 (past every window): `recache` roles re-encode their recent frames under
+    the new prompt (headforcing: local and memory; longlive: all), `keep` roles do not (anchor; self-forcing)."""
+    policy = preset(name)
+    headmap = mixed_headmap() if len(policy.roles) > 1 else policy.resolve_headmap(3, 4)
+    cache = engine_cache(policy, headmap, 3 * CHUNKS)
+    engine = run_chunks(cache, CHUNKS, switch_at=6)
+    oracle_cache = OracleCache(policy, headmap, decisions=cache.episodic_log)
+    oracle = run_chunks(oracle_cache, CHUNKS, dtype=torch.float64, switch_at=6)
+    assert (engine - oracle).abs().max().item() < 1e-4
+    # the switch changed the video, and re-encoding changed it differently from keeping
+    plain = run_chunks(engine_cache(policy, headmap, 3 * CHUNKS), CHUNKS)
+    assert (engine[:, 18:] - plain[:, 18:]).abs().max() > 1e-2 and torch.equal(engine[:, :18], plain[:, :18])
+    if policy.recache_frames:
+        kept = Policy(name, {r: replace(p, on_switch="keep") for r, p in policy.roles.items()})
+        no_recache = run_chunks(engine_cache(kept, headmap, 3 * CHUNKS), CHUNKS, switch_at=6)
+        assert (engine - no_recache).abs().max() > 1e-3

@@ -1,4 +1,4 @@
-"""headforcing generate | conformance | inspect"""
+"""headforcing generate | profile | conformance | inspect"""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from .cache.policy import PRESETS
 from .errors import UsageError
 from .models import SPECS
+from .profiler import DEFAULT_RULE
 
 
 class Parser(argparse.ArgumentParser):
@@ -24,29 +25,45 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
+def add_model_args(p) -> None:
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="tiny", choices=sorted(SPECS))
+    p.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT, multiples of 16 (default: the model's)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--dtype", help="float32 or bfloat16 (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--wan-dir", help="Wan2.1-T2V-1.3B folder, diffusers or original layout (env HEADFORCING_WAN_DIR)")
+    p.add_argument("--checkpoint", help="causal DiT checkpoint: self_forcing_dmd.pt, ... (env HEADFORCING_CHECKPOINT)")
+    p.add_argument("--lora", help="LoRA checkpoint merged into the DiT at load (LongLive)")
+    p.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: the rank, i.e. scale 1)")
+    p.add_argument("--no-ema", action="store_true", help="use `generator` rather than `generator_ema`")
+    p.add_argument("--text-encoder-device", help="where umT5 runs (default: the run's device; offloaded after)")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="headforcing", description="Long AR video generation with a head-wise KV cache.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     gen = sub.add_parser("generate", help="generate a video chunk by chunk")
-    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--prompt", action="append", help='a prompt; repeat as "text@SECONDS" for a timeline')
+    gen.add_argument("--timeline", help='JSONL file of {"start": seconds, "prompt": text}')
     gen.add_argument("--seconds", type=float, default=5.0)
     gen.add_argument("--policy", default="headforcing", help=f"one of: {', '.join(PRESETS)}")
     gen.add_argument("--out", help="output .mp4 (omit with --latents-only)")
     gen.add_argument("--latents-only", action="store_true", help="run the DiT only; decode and write nothing")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--model", default="tiny", choices=sorted(SPECS))
-    gen.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT, multiples of 16 (default: the model's)")
-    gen.add_argument("--heads", help="HeadMap JSON for multi-role policies (default: a fixed split rule)")
-    gen.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
-    gen.add_argument("--dtype", help="float32 or bfloat16 (default: bfloat16 on GPU, float32 on CPU)")
-    gen.add_argument("--quiet", action="store_true", help="no progress bar")
-    gen.add_argument("--wan-dir", help="Wan2.1-T2V-1.3B folder, diffusers or original layout (env HEADFORCING_WAN_DIR)")
-    gen.add_argument("--checkpoint", help="causal DiT checkpoint: self_forcing_dmd.pt, ... (env HEADFORCING_CHECKPOINT)")
-    gen.add_argument("--lora", help="LoRA checkpoint merged into the DiT at load (LongLive)")
-    gen.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: the rank, i.e. scale 1)")
-    gen.add_argument("--no-ema", action="store_true", help="use `generator` rather than `generator_ema`")
-    gen.add_argument("--text-encoder-device", help="where umT5 runs (default: the run's device; offloaded after)")
+    gen.add_argument("--heads", help="HeadMap JSON for multi-role policies, or 'auto' to profile the first window online")
+    gen.add_argument("--rule", default=DEFAULT_RULE, help="head classification rule for --heads auto")
+    gen.add_argument("--trace", help="write episodic-memory decisions to this JSONL file")
+    add_model_args(gen)
+
+    prof = sub.add_parser("profile", help="measure what each head attends to and classify heads into roles")
+    prof.add_argument("--out", required=True, help="heads.json (the HeadMap with its statistics); a .png beside it")
+    prof.add_argument("--prompts", help="a file of prompts, one per line (default: a few built-in ones)")
+    prof.add_argument("--chunks", type=int, default=7, help="chunks to run, inside the trained window (default 7)")
+    prof.add_argument("--queries", type=int, default=256, help="query tokens sampled per chunk")
+    prof.add_argument("--rule", default=DEFAULT_RULE, help=f"classification rule (default {DEFAULT_RULE})")
+    prof.add_argument("--from", dest="source", help="re-derive a HeadMap from saved statistics, without running")
+    add_model_args(prof)
 
     ins = sub.add_parser("inspect", help="say what a checkpoint file or Wan folder is and whether it loads")
     ins.add_argument("path")
@@ -57,20 +74,11 @@ def build_parser() -> Parser:
     return parser
 
 
-def run_generate(args) -> int:
-    from .pipeline import Request, generate
-
-    if args.out is None and not args.latents_only:
-        raise UsageError("give --out FILE.mp4, or --latents-only")
-    request = Request(
-        prompt=args.prompt,
-        seconds=args.seconds,
-        policy=args.policy,
-        model=args.model,
-        out=None if args.latents_only else args.out,
+def model_request_args(args) -> dict:
+    return dict(
         seed=args.seed,
+        model=args.model,
         size=args.size,
-        heads=args.heads,
         device=args.device,
         dtype=args.dtype,
         wan_dir=args.wan_dir,
@@ -80,12 +88,54 @@ def run_generate(args) -> int:
         ema=not args.no_ema,
         text_encoder_device=args.text_encoder_device,
     )
-    if not request.prompt.strip():
+
+
+def prompt_timeline(args):
+    from .timeline import parse_prompt_arg, read_timeline
+
+    if args.timeline and args.prompt:
+        raise UsageError("give --prompt or --timeline, not both")
+    if args.timeline:
+        return read_timeline(args.timeline)
+    if not args.prompt:
+        raise UsageError("give --prompt TEXT (or --timeline FILE)")
+    if len(args.prompt) == 1 and "@" not in args.prompt[0]:
+        return args.prompt[0]
+    return [parse_prompt_arg(p) for p in args.prompt]
+
+
+def run_generate(args) -> int:
+    from .pipeline import Request, generate
+
+    if args.out is None and not args.latents_only:
+        raise UsageError("give --out FILE.mp4, or --latents-only")
+    prompt = prompt_timeline(args)
+    if isinstance(prompt, str) and not prompt.strip():
         raise UsageError("--prompt is empty")
+    request = Request(
+        prompt=prompt,
+        seconds=args.seconds,
+        policy=args.policy,
+        out=None if args.latents_only else args.out,
+        heads=args.heads,
+        rule=args.rule,
+        trace=args.trace,
+        **model_request_args(args),
+    )
     summary = generate(request, progress=not args.quiet)
     if summary.model == "tiny":
         print("note: the tiny model has random weights, so its video is noise; real weights give real videos.")
+    if len(summary.timeline) > 1:
+        print("timeline: " + "; ".join(f"{c['start_seconds']:.2f} s (chunk {c['chunk']}): {c['prompt']}" for c in summary.timeline))
     print(summary.line())
+    return 0
+
+
+def run_profile(args) -> int:
+    from .profile_run import profile
+
+    out = profile(args, model_request_args(args))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 
 
@@ -108,7 +158,7 @@ def run_inspect(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"generate": run_generate, "conformance": run_conformance, "inspect": run_inspect}
+    commands = {"generate": run_generate, "profile": run_profile, "conformance": run_conformance, "inspect": run_inspect}
     try:
         return commands[args.command](args)
     except UsageError as e:

@@ -1,38 +1,44 @@
-"""prompt -> chunks -> denoising steps -> commit -> streaming decode -> mp4, in constant memory."""
+"""prompt timeline -> chunks -> denoising steps -> commit -> streaming decode -> mp4, in constant memory."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import resource
 import time
-from dataclasses import dataclass, replace
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from .cache.headmap import HeadMap
 from .cache.headwise import HeadwiseCache
-from .cache.policy import preset
+from .cache.policy import Policy, RolePolicy, Sink, preset
 from .decode import IdentityDecoder, StreamingVaeDecoder
 from .errors import UsageError
 from .loading import dit_from_original, find_wan_folder, read_causal_checkpoint
 from .models import WAN_1_3B, ToyTextEncoder, build_transformer, build_vae, get_spec, to_device
-from .text import WanTextEncoder
+from .profiler import DEFAULT_RULE, HeadProfiler, classify, parse_rule
 from .sampler import ChunkSampler, SeededNoise
+from .text import WanTextEncoder
+from .timeline import Cue, check_timeline, schedule
 from .video import Mp4Writer, check_writable
 
 
 @dataclass
 class Request:
-    prompt: str
+    prompt: str | list[Cue]  # one prompt, or a timeline of cues starting at 0 s
     seconds: float
     policy: str = "headforcing"
     model: str = "tiny"
     out: str | None = None  # None: latent-only run, nothing written
     seed: int = 0
     size: tuple[int, int] | None = None  # (width, height); the model's default if None
-    heads: str | None = None  # HeadMap JSON for multi-role policies
+    heads: str | None = None  # HeadMap JSON for multi-role policies, or "auto": profile the first window online
+    rule: str = DEFAULT_RULE  # classification rule for --heads auto
     device: str | None = None
     dtype: str | None = None
     wan_dir: str | None = None  # a Wan2.1-T2V folder (or $HEADFORCING_WAN_DIR): VAE, umT5, tokenizer
@@ -41,6 +47,8 @@ class Request:
     lora_alpha: float | None = None  # None: alpha = rank
     ema: bool = True  # generator_ema if the checkpoint has it
     text_encoder_device: str | None = None  # default: the run's device; moved off the GPU after encoding
+    trace: str | None = None  # JSONL of episodic-memory decisions, one line per chunk and layer
+    latent_frames: int | None = None  # overrides `seconds` (whole chunks)
 
 
 @dataclass
@@ -53,6 +61,7 @@ class Summary:
     fps: float
     peak_memory_bytes: int
     cache_bytes: int
+    timeline: list = field(default_factory=list)
 
     def line(self) -> str:
         return (
@@ -87,8 +96,15 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
     return table[name]
 
 
+def profiling_policy() -> Policy:
+    """`full` with compact positions: the same computation inside the window, and raw keys kept, so the
+    head-wise cache can take its frames over (`--heads auto`)."""
+    return Policy("full", {"all": RolePolicy((Sink(None),), "compact")})
+
+
 class Engine:
-    """A model, a head-wise cache, a sampler and a decoder; yields chunks as they are made."""
+    """A streaming session: a model, a head-wise cache, a sampler and a decoder; `chunks()` yields chunks as
+    they are made, and `set_prompt` between chunks changes the prompt from the next one on."""
 
     def __init__(self, request: Request):
         self.request = request
@@ -105,15 +121,27 @@ class Engine:
         if width <= 0 or height <= 0 or width % spec.size_multiple or height % spec.size_multiple:
             raise UsageError(f"size {width}x{height}: width and height must be positive multiples of {spec.size_multiple}")
         self.width, self.height = width, height
-        self.latent_frames = latent_frames_for(request.seconds, spec.fps, spec.chunk_frames)
-        self.policy = preset(request.policy, spec.chunk_frames, spec.trained_frames)
+        C = spec.chunk_frames
+        self.latent_frames = request.latent_frames or latent_frames_for(request.seconds, spec.fps, C)
+        self.num_chunks = self.latent_frames // C
+        cues = [Cue(0.0, request.prompt)] if isinstance(request.prompt, str) else list(request.prompt)
+        check_timeline(cues, video_frames(self.latent_frames) / spec.fps)
+        self.timeline = schedule(cues, self.num_chunks, C, spec.fps)
+        self.policy = preset(request.policy, C, spec.trained_frames)
         if not self.policy.bounded and self.latent_frames > spec.trained_frames:
             raise UsageError(
                 f"policy {request.policy!r} keeps every frame and is valid only inside the trained window of "
                 f"{spec.trained_frames} latent frames; {request.seconds} s needs {self.latent_frames}"
             )
-        headmap = HeadMap.load(request.heads) if request.heads else None
-        self.headmap = self.policy.resolve_headmap(spec.num_layers, spec.num_heads, headmap)
+        self.auto_heads = request.heads == "auto"
+        if self.auto_heads and len(self.policy.roles) == 1:
+            raise UsageError(f"--heads auto needs a policy with several roles; {request.policy!r} has one")
+        if self.auto_heads:
+            unknown = {step.role for step in parse_rule(request.rule)} - set(self.policy.roles)
+            if unknown:
+                raise UsageError(f"rule names role(s) {sorted(unknown)} that policy {request.policy!r} does not have")
+        headmap = HeadMap.load(request.heads) if request.heads and not self.auto_heads else None
+        self.headmap = None if self.auto_heads else self.policy.resolve_headmap(spec.num_layers, spec.num_heads, headmap)
         if request.out is not None:
             check_writable(request.out)
         self.device = pick_device(request.device)
@@ -121,31 +149,83 @@ class Engine:
 
         if folder is None:
             self.transformer = to_device(build_transformer(spec), self.device, self.dtype)
-            self.text = ToyTextEncoder(spec.transformer["text_dim"], spec.text_len)(request.prompt)
+            self.encode = ToyTextEncoder(spec.transformer["text_dim"], spec.text_len)
             vae = build_vae(spec) if request.out is not None else None
         else:
             state = read_causal_checkpoint(checkpoint, request.lora, request.lora_alpha, request.ema)
             self.transformer = dit_from_original(state, spec.transformer, self.dtype).to(self.device)
             del state
             text_device = torch.device(request.text_encoder_device) if request.text_encoder_device else self.device
-            encoder = WanTextEncoder(*folder.load_text_encoder(self.dtype), spec.text_len, text_device)
-            self.text = encoder(request.prompt)
-            encoder.offload()
+            self.encode = WanTextEncoder(*folder.load_text_encoder(self.dtype), spec.text_len, text_device)
             vae = folder.load_vae(self.dtype) if request.out is not None else None
-        self.cache = HeadwiseCache(self.policy, self.headmap, spec.head_dim, self.latent_frames, spec.chunk_frames)
-        self.cache.install(self.transformer)
-        self.sampler = ChunkSampler(self.transformer, self.cache, chunk_frames=spec.chunk_frames)
+        self.texts = {cue["prompt"]: self.encode(cue["prompt"]) for cue in self.timeline}
+        if isinstance(self.encode, WanTextEncoder):
+            self.encode.offload()  # the prompts are encoded; later set_prompt calls run it on the CPU
+        self.sampler = ChunkSampler(self.transformer, None, chunk_frames=C)
         self.decoder = StreamingVaeDecoder(vae.to(self.device)) if vae is not None else IdentityDecoder()
         stride = spec.vae_stride
         self.latent_chw = (spec.latent_channels, height // stride[1], width // stride[2])
+        self.cache = self._new_cache(profiling_policy() if self.auto_heads else self.policy, self.headmap)
+        self.pending_prompt: str | None = None
+        self.profile_chunks = min(self.num_chunks, spec.trained_frames // C)
+
+    def _new_cache(self, policy: Policy, headmap: HeadMap | None) -> HeadwiseCache:
+        spec = self.spec
+        headmap = headmap or policy.resolve_headmap(spec.num_layers, spec.num_heads)
+        cache = HeadwiseCache(policy, headmap, spec.head_dim, self.latent_frames, spec.chunk_frames)
+        cache.install(self.transformer)
+        self.sampler.cache = cache
+        return cache
+
+    def set_prompt(self, prompt: str) -> None:
+        """From the next chunk on, generate under `prompt` (roles re-encode or keep recent frames as their
+        policy says)."""
+        if not prompt.strip():
+            raise UsageError("the new prompt is empty")
+        if prompt not in self.texts:
+            self.texts[prompt] = self.encode(prompt)
+        self.pending_prompt = prompt
+
+    def _switch_to_headwise(self) -> None:
+        """End of online profiling: classify heads, move the full cache's frames into the head-wise one."""
+        self.headmap = classify(self.profiler.stats(), self.request.rule)
+        self.headmap.check(self.spec.num_layers, self.spec.num_heads, self.policy.roles)
+        full = self.cache
+        self.cache = self._new_cache(self.policy, self.headmap)
+        self.sampler.start(1, self.latent_chw)
+        self.cache.adopt(full)
+
+    def _apply_switch(self, index: int, recent: torch.Tensor | None) -> None:
+        """A new prompt from chunk `index`: re-encode the newest frames for `recache` roles."""
+        frames = min(self.policy.recache_frames if not self.profiling else 0, index * self.spec.chunk_frames)
+        if frames and recent is not None:
+            first = index * self.spec.chunk_frames - frames
+            self.sampler.recache(recent[:, -frames:], first, self.texts[self.prompt])
 
     def chunks(self):
-        """Yield (chunk index, latents [1, C, c, h, w], decoded frames or the latents)."""
+        """Yield (chunk index, latents [1, C, c, h, w], decoded frames [1, n, H, W, 3] or the latents)."""
         noise = SeededNoise(self.request.seed)
         self.decoder.reset()
         self.sampler.start(1, self.latent_chw)
-        for index in range(self.latent_frames // self.spec.chunk_frames):
-            latents = self.sampler.chunk(index, self.text, noise, 1, self.latent_chw)
+        self.profiling = self.auto_heads
+        if self.profiling:
+            self.profiler = HeadProfiler(self.spec.num_layers, self.spec.num_heads, self.spec.chunk_frames, seed=self.request.seed)
+            self.profiler.attach(self.cache)
+        keep = max(self.policy.recache_frames, 1)
+        recent = None  # clean latents of the newest frames, for re-encoding at a prompt switch
+        cues = {cue["chunk"]: cue["prompt"] for cue in self.timeline}
+        self.prompt = cues[0]
+        for index in range(self.num_chunks):
+            if self.profiling and index == self.profile_chunks:
+                self._switch_to_headwise()
+                self.profiling = False
+            if index in cues and index > 0:
+                self.pending_prompt = cues[index]
+            if self.pending_prompt is not None:
+                self.prompt, self.pending_prompt = self.pending_prompt, None
+                self._apply_switch(index, recent)
+            latents = self.sampler.chunk(index, self.texts[self.prompt], noise, 1, self.latent_chw)
+            recent = latents if recent is None else torch.cat([recent, latents], dim=1)[:, -keep:]
             yield index, latents, self.decoder.decode(latents)
 
 
@@ -155,23 +235,51 @@ def peak_memory(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def trace_lines(engine: Engine, index: int) -> list[str]:
+    """One JSON line per layer with episodic memory: this chunk's decisions and the slots' state."""
+    lines = []
+    for layer, lc in enumerate(engine.cache.layers):
+        stores = [s for s in lc.stores if s.memory is not None]
+        if not stores:
+            continue
+        decisions = [d for d in engine.cache.episodic_log if d["chunk"] == index and d["layer"] == layer]
+        newest = (index + 1) * engine.spec.chunk_frames - 1
+        slots = {s.name: [newest - f for f in s.frames[s.episodic_first :]] for s in stores}
+        lines.append(json.dumps(dict(
+            chunk=index, layer=layer,
+            admitted=sum(d["action"] == "admit" for d in decisions),
+            merged=sum(d["action"] == "merge" for d in decisions),
+            replaced=sum(d["action"] == "replace" for d in decisions),
+            novelty=[d["novelty"] for d in decisions], slot_ages=slots,
+        )))
+    return lines
+
+
 def generate(request: Request, progress: bool = True) -> Summary:
     engine = Engine(request)
     total = video_frames(engine.latent_frames) if engine.decoder.writes_video else engine.latent_frames
     bar = tqdm(total=total, unit="frame", disable=not progress, desc=f"{request.policy}", dynamic_ncols=True)
+    trace = open(request.trace, "w") if request.trace else None
     start = time.perf_counter()
     written = 0
-    if engine.decoder.writes_video:
-        with Mp4Writer(request.out, engine.width, engine.height, engine.spec.fps) as writer:
-            for _, _, frames in engine.chunks():
-                writer.write(frames[0].numpy())
-                bar.update(len(frames[0]))
-            written = writer.frames
-    else:
-        for _, latents, _ in engine.chunks():
-            bar.update(latents.shape[1])
-    bar.close()
+    try:
+        writer = Mp4Writer(request.out, engine.width, engine.height, engine.spec.fps) if engine.decoder.writes_video else None
+        with writer or nullcontext():
+            for index, latents, frames in engine.chunks():
+                if writer is not None:
+                    writer.write(frames[0].numpy())
+                    written = writer.frames
+                bar.update(len(frames[0]) if writer is not None else latents.shape[1])
+                if trace:
+                    trace.writelines(line + "\n" for line in trace_lines(engine, index))
+    finally:
+        bar.close()
+        if trace:
+            trace.close()
     seconds = time.perf_counter() - start
+    if request.out is not None and len(engine.timeline) > 1:
+        sidecar = Path(request.out).with_suffix(".timeline.json")
+        sidecar.write_text(json.dumps(engine.timeline, indent=1))
     frames = written or engine.latent_frames
     return Summary(
         model=engine.spec.name,
@@ -182,4 +290,5 @@ def generate(request: Request, progress: bool = True) -> Summary:
         fps=frames / seconds,
         peak_memory_bytes=peak_memory(engine.device),
         cache_bytes=engine.cache.nbytes(),
+        timeline=engine.timeline,
     )

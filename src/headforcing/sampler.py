@@ -110,3 +110,10 @@ class ChunkSampler:
         with self.cache.commit():
             self.velocity(x0, 0.0, text)
         return x0
+
+    @torch.no_grad()
+    def recache(self, latents: torch.Tensor, first_frame: int, text: torch.Tensor) -> None:
+        """Re-encode committed frames (clean latents [B, R, C, H, W] of frames first_frame..) under a new
+        prompt, for the roles whose policy says `recache` (one t = 0 forward, block-causal)."""
+        with self.cache.recaching(first_frame, latents.shape[1]):
+            self.velocity(latents.to(self.device, torch.float32), 0.0, text.to(self.device, self.dtype))

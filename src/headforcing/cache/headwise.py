@@ -9,9 +9,11 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 
-from ..rope import Rope
+from ..rope import Rope, rotate
 from .headmap import HeadMap
+from .episodic import EpisodicConfig, EpisodicMemory
 from .policy import Policy
 from .store import KVStore
 
@@ -25,6 +27,8 @@ class LayerCache:
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, k, v [B, H, S, D] (k before RoPE) -> [B, H, S, D]."""
+        if self.owner.recache is not None:
+            return self.owner.recache_attend(self, q, k, v)
         commit = self.owner.committing
         if len(self.stores) == 1:
             return self.stores[0].attend(q, k, v, commit)
@@ -43,19 +47,29 @@ class HeadwiseCache:
         head_dim: int,
         max_frames: int,
         chunk_frames: int = 3,
-        episodic_factory=None,
+        episodic: EpisodicConfig | None = EpisodicConfig(),
+        keep_log: bool = False,
     ):
+        """episodic: the episodic memory's settings for roles with episodic slots (None: keep nothing there).
+        keep_log: keep every episodic decision (else only the current chunk's: memory stays constant)."""
         self.policy, self.headmap = policy, headmap
         self.head_dim, self.chunk_frames = head_dim, chunk_frames
         self.committing = False
+        self.recache = None  # (first frame, rotations, mask) while re-encoding frames after a prompt switch
+        self.episodic_log: list[dict] = []  # admit / replace / merge decisions, in order
+        self.keep_log = keep_log
         self.layers = []
         for layer in range(headmap.num_layers):
             stores = []
             for name, role in policy.roles.items():
                 heads = headmap.heads_of(layer, name)
-                if heads:
-                    episodic = episodic_factory(layer, name) if episodic_factory and role.episodic else None
-                    stores.append(KVStore(role, heads, max_frames, chunk_frames, episodic))
+                if not heads:
+                    continue
+                memory = EpisodicMemory(role.episodic, episodic, self.episodic_log) if role.episodic and episodic else None
+                store = KVStore(role, heads, max_frames, chunk_frames, layer, name, memory)
+                if memory is not None:
+                    store.observers.append(memory.observe)
+                stores.append(store)
             self.layers.append(LayerCache(self, stores))
 
     def stores(self):
@@ -72,11 +86,14 @@ class HeadwiseCache:
 
     def allocate(self, batch: int, grid_hw: tuple[int, int], dtype, device) -> None:
         self.rope = Rope(self.head_dim, grid_hw, device=device)
+        self.episodic_log.clear()
         for store in self.stores():
             store.allocate(batch, self.rope.tokens_per_frame, self.head_dim, dtype, device)
             store.head_index = torch.tensor(store.heads, device=device)
 
     def begin_chunk(self, first_frame: int, chunk_frames: int) -> None:
+        if not self.keep_log:
+            self.episodic_log.clear()
         memo: dict[tuple, torch.Tensor] = {}
 
         def freqs_of(positions):
@@ -87,6 +104,43 @@ class HeadwiseCache:
 
         for store in self.stores():
             store.begin_chunk(self.rope, first_frame, chunk_frames, freqs_of)
+
+    def adopt(self, other: "HeadwiseCache") -> None:
+        """Take over the frames of a `full` cache with compact positions (raw keys kept): each frame is
+        committed, in time order, to every store here as if it had just been generated."""
+        C = self.chunk_frames
+        for mine, theirs in zip(self.layers, other.layers):
+            (source,) = theirs.stores
+            for slot, frame in sorted(enumerate(source.frames), key=lambda sf: sf[1]):
+                tokens = source._tokens(slot)
+                for store in mine.stores:
+                    store.first_frame, store.chunk_len = frame - frame % C, C
+                    k = source.k_raw[:, store.head_index, tokens]
+                    k_rot = rotate(k, self.rope.freqs([frame])) if store.absolute else None
+                    store.commit_frame(frame, k, source.v_ctx[:, store.head_index, tokens], k_rot)
+
+    @contextmanager
+    def recaching(self, first_frame: int, num_frames: int):
+        """Forwards inside this block re-encode frames first_frame.. (their clean latents, a new prompt):
+        block-causal attention among them, and the recent frames of `recache` roles are rewritten."""
+        chunk_of = torch.arange(num_frames * self.rope.tokens_per_frame, device=self.rope.device)
+        chunk_of = (first_frame + chunk_of // self.rope.tokens_per_frame) // self.chunk_frames
+        mask = chunk_of[:, None] >= chunk_of[None, :]
+        self.recache = (first_frame, self.rope.freqs(range(num_frames)), self.rope.freqs(range(first_frame, first_frame + num_frames)), mask)
+        try:
+            yield
+        finally:
+            self.recache = None
+
+    def recache_attend(self, layer: LayerCache, q, k, v) -> torch.Tensor:
+        first_frame, local, absolute, mask = self.recache
+        out = F.scaled_dot_product_attention(rotate(q, local), rotate(k, local), v, attn_mask=mask)
+        for store in layer.stores:
+            if store.role.on_switch == "recache":
+                idx = store.head_index
+                k_rot = rotate(k[:, idx], absolute) if store.absolute else None
+                store.rewrite_recent(first_frame, k[:, idx], v[:, idx], k_rot)
+        return out
 
     @contextmanager
     def commit(self):

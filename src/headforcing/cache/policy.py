@@ -6,6 +6,8 @@ A role keeps up to three segments (the current chunk is always appended):
   Recent(n)      the last n committed frames.
 Positions: `absolute` rotates every frame at its frame index (Self-Forcing); `compact` numbers a role's
 retained frames 0..n-1 in time order and the chunk n..n+C-1, so distances stay inside the trained window.
+At a prompt switch a role either keeps its recent frames' keys/values (`keep`) or re-encodes them under
+the new prompt from their clean latents (`recache`, as LongLive does); sink and episodic frames are kept.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ..errors import UsageError
 from .headmap import HeadMap
 
 POSITION_SCHEMES = ("absolute", "compact")
+SWITCH_RULES = ("keep", "recache")
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,11 @@ class Recent:
 class RolePolicy:
     segments: tuple
     positions: str = "compact"
+    on_switch: str = "keep"
 
     def __post_init__(self):
+        if self.on_switch not in SWITCH_RULES:
+            raise UsageError(f"unknown prompt-switch rule {self.on_switch!r}; known: {', '.join(SWITCH_RULES)}")
         if self.positions not in POSITION_SCHEMES:
             raise UsageError(f"unknown position scheme {self.positions!r}; known: {', '.join(POSITION_SCHEMES)}")
         kinds = [type(s) for s in self.segments]
@@ -47,6 +53,8 @@ class RolePolicy:
         sizes = [s.slots if isinstance(s, Episodic) else s.frames for s in self.segments]
         if any(n is not None and n < 0 for n in sizes):
             raise UsageError(f"segment sizes must be >= 0, got {self.segments}")
+        if self.episodic and self.positions != "compact":
+            raise UsageError("an Episodic segment needs compact positions (merged frames have no single absolute one)")
         if self.episodic and not self.recent:
             raise UsageError("an Episodic segment needs a Recent one: episodic frames are those leaving `recent`")
 
@@ -78,6 +86,11 @@ class Policy:
     roles: dict  # role name -> RolePolicy
 
     @property
+    def recache_frames(self) -> int:
+        """How many of the newest frames a prompt switch re-encodes (0: none)."""
+        return max((r.recent for r in self.roles.values() if r.on_switch == "recache"), default=0)
+
+    @property
     def bounded(self) -> bool:
         return all(r.sink is not None for r in self.roles.values())
 
@@ -92,20 +105,20 @@ class Policy:
         return headmap
 
 
-# Before the profiler has run, Head Forcing's heads are split by this placeholder rule (fractions read from
-# the public description of the method: 25% anchor, 20% local, the rest memory).
-DEFAULT_FRACTIONS = {"anchor": 0.25, "local": 0.20, "memory": 0.55}
+# Without a profile (`--heads auto` or a file from `headforcing profile`), Head Forcing's heads are split by
+# these fixed shares, the sizes the default profiling rule gives: 25% anchor, 20% of the rest local, the rest memory.
+DEFAULT_FRACTIONS = {"anchor": 0.25, "local": 0.15, "memory": 0.60}
 
 
-def window_policy(name: str, window: int, sink: int, chunk: int, positions: str = "absolute") -> Policy:
+def window_policy(name: str, window: int, sink: int, chunk: int, positions: str = "absolute", on_switch: str = "keep") -> Policy:
     """Self-Forcing's `local_attn_size` / `sink_size` semantics: `window` frames including the current
     chunk, the first `sink` of them kept forever. window <= 0 keeps everything."""
     if window <= 0:
-        return Policy(name, {"all": RolePolicy((Sink(None),), positions)})
+        return Policy(name, {"all": RolePolicy((Sink(None),), positions, on_switch)})
     if window - sink - chunk < 0:
         raise UsageError(f"window {window} cannot hold a sink of {sink} and a chunk of {chunk} frames")
     segments = ((Sink(sink),) if sink else ()) + (Recent(window - sink - chunk),)
-    return Policy(name, {"all": RolePolicy(segments, positions)})
+    return Policy(name, {"all": RolePolicy(segments, positions, on_switch)})
 
 
 def preset(name: str, chunk: int = 3, window: int = 21) -> Policy:
@@ -115,7 +128,7 @@ def preset(name: str, chunk: int = 3, window: int = 21) -> Policy:
     if name == "self-forcing":
         return window_policy(name, window, 0, chunk, "absolute")
     if name == "longlive":
-        return window_policy(name, 12, 3, chunk, "absolute")
+        return window_policy(name, 12, 3, chunk, "absolute", "recache")
     if name == "infinity-rope":
         return window_policy(name, window, 3, chunk, "compact")
     if name == "deep-forcing":
@@ -124,9 +137,9 @@ def preset(name: str, chunk: int = 3, window: int = 21) -> Policy:
         return Policy(
             name,
             {
-                "local": RolePolicy((Recent(3),)),
-                "anchor": RolePolicy((Sink(3), Recent(3))),
-                "memory": RolePolicy((Sink(3), Episodic(6), Recent(9))),
+                "local": RolePolicy((Recent(3),), on_switch="recache"),
+                "anchor": RolePolicy((Sink(3), Recent(3)), on_switch="keep"),
+                "memory": RolePolicy((Sink(3), Episodic(6), Recent(9)), on_switch="recache"),
             },
         )
     raise UsageError(f"unknown policy {name!r}; known: {', '.join(PRESETS)}")

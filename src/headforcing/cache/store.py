@@ -12,6 +12,8 @@ it is rotated once when committed and no raw copy is kept.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -19,28 +21,27 @@ from ..rope import Rope, rotate
 from .policy import RolePolicy
 
 
-class DropEpisodic:
-    """The episodic hook with no memory yet: frames leaving `recent` are dropped.
-
-    An episodic memory's `choose(store, frame, slot)` sees the frame leaving the recent ring (its keys and
-    values are in `slot` of the store's buffers) and returns the episodic slot it overwrites
-    (0..slots-1; the next free one, or an occupied one) or None to drop it."""
-
-    def choose(self, store: "KVStore", frame: int, slot: int) -> int | None:
-        return None
-
-
 class KVStore:
-    def __init__(self, role: RolePolicy, heads: list[int], max_frames: int, chunk_frames: int, episodic=None):
-        self.role = role
-        self.heads = heads
+    def __init__(
+        self,
+        role: RolePolicy,
+        heads: list[int],
+        max_frames: int,
+        chunk_frames: int,
+        layer: int = 0,
+        name: str = "all",
+        memory=None,
+    ):
+        self.role, self.heads, self.layer, self.name = role, heads, layer, name
         self.absolute = role.positions == "absolute"
         self.n_sink = max_frames if role.sink is None else role.sink
         self.n_recent = role.recent
         self.n_episodic = role.episodic
-        self.capacity = self.n_sink + self.n_recent + self.n_episodic
+        self.episodic_first = self.n_sink + self.n_recent
+        self.capacity = self.episodic_first + self.n_episodic
         self.chunk_frames = chunk_frames
-        self.episodic = episodic or DropEpisodic()
+        self.memory = memory  # decides what happens to frames leaving `recent` (None: they are dropped)
+        self.observers = []  # callables (store, q_rot, keys_end, committing) that read attention, e.g. profilers
         self.frames: list[int] = []  # frame index held by each occupied slot (a prefix of the slots)
         self.recent_next = 0  # ring position of the oldest recent frame, once the ring is full
         self.k_raw = self.k_ctx = self.v_ctx = None
@@ -56,6 +57,8 @@ class KVStore:
             raw = (batch, len(self.heads), self.capacity * tokens_per_frame, head_dim)
             self.k_raw = torch.zeros(raw, dtype=dtype, device=device)
         self.frames, self.recent_next = [], 0
+        if self.memory is not None:
+            self.memory.reset()
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.k_raw, self.k_ctx, self.v_ctx) if t is not None)
@@ -89,57 +92,86 @@ class KVStore:
         """q, k, v [B, Hg, C*T, D] of the current chunk (k before RoPE) -> attention output [B, Hg, C*T, D]."""
         start = len(self.frames) * self.T
         end = start + q.shape[2]
-        self.k_ctx[:, :, start:end] = rotate(k, self.chunk_freqs)
+        q_rot, k_rot = rotate(q, self.chunk_freqs), rotate(k, self.chunk_freqs)
+        self.k_ctx[:, :, start:end] = k_rot
         self.v_ctx[:, :, start:end] = v
-        out = F.scaled_dot_product_attention(rotate(q, self.chunk_freqs), self.k_ctx[:, :, :end], self.v_ctx[:, :, :end])
-        if commit:
-            self._commit(k, start)
+        out = F.scaled_dot_product_attention(q_rot, self.k_ctx[:, :, :end], self.v_ctx[:, :, :end])
+        for observe in self.observers:
+            observe(self, q_rot, end, commit)
+        if commit:  # from the inputs, not the buffers: committing can move slots over the chunk's tail
+            for i in range(self.chunk_len):
+                t = slice(i * self.T, (i + 1) * self.T)
+                self.commit_frame(self.first_frame + i, k[:, :, t], v[:, :, t], k_rot[:, :, t])
         return out
 
-    def _commit(self, k: torch.Tensor, chunk_start: int) -> None:
-        """Keep the chunk's frames (clean-context pass). Its rotated keys and values sit at chunk_start."""
-        for i in range(self.chunk_len):
-            frame = self.first_frame + i
-            src = slice(chunk_start + i * self.T, chunk_start + (i + 1) * self.T)
-            slot = self._slot_for(frame)
-            if slot is None:
-                continue
-            dst = self._tokens(slot)
-            if self.k_raw is not None:
-                self.k_raw[:, :, dst] = k[:, :, i * self.T : (i + 1) * self.T]
-            self.k_ctx[:, :, dst] = self.k_ctx[:, :, src]
-            self.v_ctx[:, :, dst] = self.v_ctx[:, :, src]
+    def frame_mass(self, q_rot: torch.Tensor, end: int, queries: torch.Tensor) -> torch.Tensor:
+        """Softmax attention mass of the given query tokens on each key frame (occupied slots, then the
+        current chunk's frames): [B, Hg, Q, end // T], float32. Never the full attention matrix."""
+        q = q_rot[:, :, queries].float()  # [B, Hg, Q, D]
+        scores = q @ self.k_ctx[:, :, :end].float().transpose(-1, -2) / math.sqrt(q.shape[-1])
+        return scores.softmax(-1).unflatten(-1, (end // self.T, self.T)).sum(-1)
+
+    # ---- committing ----------------------------------------------------------------------------------
+    def commit_frame(self, frame: int, k_raw: torch.Tensor, v: torch.Tensor, k_rot: torch.Tensor | None = None) -> None:
+        """Keep one frame: k_raw, v [B, Hg, T, D] (k_rot: its keys rotated at its absolute position)."""
+        slot = self._slot_for(frame)
+        if slot is None:
+            return
+        dst = self._tokens(slot)
+        if self.k_raw is not None:
+            self.k_raw[:, :, dst] = k_raw
+        if self.absolute:
+            self.k_ctx[:, :, dst] = k_rot
+        self.v_ctx[:, :, dst] = v
 
     def _slot_for(self, frame: int) -> int | None:
         """The slot a newly committed frame takes (None: the role does not keep it)."""
-        kept = self.n_sink + self.n_recent
-        if len(self.frames) < kept:  # sink, then recent, still filling
+        if len(self.frames) < self.episodic_first:  # sink, then recent, still filling
             self.frames.append(frame)
             return len(self.frames) - 1
         if self.n_recent == 0:  # a sink-only role keeps nothing after its sink
             return None
         slot = self.n_sink + self.recent_next
         self.recent_next = (self.recent_next + 1) % self.n_recent
-        self._offer_episodic(slot)
+        if self.memory is not None:
+            self.memory.offer(self, slot)
         self.frames[slot] = frame
         return slot
 
-    def _offer_episodic(self, slot: int) -> None:
-        """The frame in `slot` is leaving the recent ring: the episodic memory may keep it."""
-        if self.n_episodic == 0:
-            return
-        first = self.n_sink + self.n_recent
-        choice = self.episodic.choose(self, self.frames[slot], slot)
-        if choice is None:
-            return
-        held = len(self.frames) - first
-        if not 0 <= choice <= min(held, self.n_episodic - 1):
-            raise ValueError(f"episodic slot {choice} is outside 0..{min(held, self.n_episodic - 1)}")
-        src, dst = self._tokens(slot), self._tokens(first + choice)
+    def recent_slots(self) -> list[int]:
+        return list(range(self.n_sink, min(len(self.frames), self.episodic_first)))
+
+    def rewrite_recent(self, first_frame: int, k_raw: torch.Tensor, v: torch.Tensor, k_rot: torch.Tensor) -> None:
+        """Replace the keys/values of the recent frames among first_frame.. with new ones (a re-encoding):
+        k_raw, v, k_rot [B, Hg, R*T, D] for frames first_frame .. first_frame + R - 1 (k_rot: absolute)."""
+        count = k_raw.shape[2] // self.T
+        for slot in self.recent_slots():
+            i = self.frames[slot] - first_frame
+            if 0 <= i < count:
+                src, dst = slice(i * self.T, (i + 1) * self.T), self._tokens(slot)
+                if self.k_raw is not None:
+                    self.k_raw[:, :, dst] = k_raw[:, :, src]
+                if self.absolute:
+                    self.k_ctx[:, :, dst] = k_rot[:, :, src]
+                self.v_ctx[:, :, dst] = v[:, :, src]
+
+    # ---- slot operations for the episodic memory ------------------------------------------------------
+    def copy_slot(self, src: int, dst: int) -> None:
+        """dst := src (dst may be the next free slot)."""
         for buf in (self.k_raw, self.k_ctx, self.v_ctx):
             if buf is not None:
-                buf[:, :, dst] = buf[:, :, src]
-        if choice == held:
-            self.frames.append(self.frames[slot])
+                buf[:, :, self._tokens(dst)] = buf[:, :, self._tokens(src)]
+        if dst == len(self.frames):
+            self.frames.append(self.frames[src])
         else:
-            self.frames[first + choice] = self.frames[slot]
+            self.frames[dst] = self.frames[src]
+
+    def blend_slot(self, src: int, dst: int, weight: float) -> None:
+        """dst := (1 - weight) dst + weight src, for raw keys and values (dst keeps its frame index)."""
+        for buf in (self.k_raw, self.v_ctx):
+            d, s = buf[:, :, self._tokens(dst)], buf[:, :, self._tokens(src)]
+            buf[:, :, self._tokens(dst)] = ((1 - weight) * d.float() + weight * s.float()).to(buf.dtype)
+
+    def key_descriptor(self, slot: int) -> torch.Tensor:
+        """Unit mean raw key of a slot per head: [B, Hg, D] float32."""
+        return F.normalize(self.k_raw[:, :, self._tokens(slot)].float().mean(2), dim=-1)

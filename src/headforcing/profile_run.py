@@ -1,0 +1,65 @@
+"""`headforcing profile`: run the model inside its window with the full cache and a HeadProfiler."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import UsageError
+from .pipeline import Engine, Request
+from .profiler import HeadProfiler, classify, heads_file, plot
+
+DEFAULT_PROMPTS = (
+    "a red fox trots through fresh snow in a pine forest, morning light",
+    "a busy city street at night, cars and neon signs reflected on wet asphalt",
+    "waves roll onto a rocky beach under a cloudy sky, the camera slowly pans",
+    "a chef slices vegetables on a wooden board in a bright kitchen",
+)
+
+
+def read_prompts(path: str | None) -> list[str]:
+    if path is None:
+        return list(DEFAULT_PROMPTS)
+    try:
+        prompts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    except OSError as e:
+        raise UsageError(f"cannot read prompts {path}: {e.strerror}") from None
+    if not prompts:
+        raise UsageError(f"{path} holds no prompt")
+    return prompts
+
+
+def run_profile(request: Request, prompts: list[str], queries: int) -> dict:
+    """Statistics over all prompts: one engine (the model loads once), one profiler, the same seed."""
+    engine = Engine(Request(**{**request.__dict__, "prompt": prompts[0]}))
+    profiler = HeadProfiler(engine.spec.num_layers, engine.spec.num_heads, engine.spec.chunk_frames, queries, seed=request.seed)
+    profiler.attach(engine.cache)
+    for prompt in prompts:
+        engine.set_prompt(prompt)  # taken up at chunk 0 of the next run
+        for _ in engine.chunks():
+            pass
+    return profiler.stats()
+
+
+def profile(args, model_args: dict) -> Path:
+    out = Path(args.out)
+    if out.suffix != ".json":
+        raise UsageError(f"--out must be a .json file, got {out}")
+    if args.source:
+        try:
+            data = json.loads(Path(args.source).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UsageError(f"cannot read statistics {args.source}: {e}") from None
+        stats = data.get("stats", data)
+        if "denoise" not in stats:
+            raise UsageError(f"{args.source} holds no profile statistics")
+    else:
+        window = 21 // 3
+        if not 4 <= args.chunks <= window:
+            raise UsageError(f"--chunks must be 4..{window}: statistics start at chunk 3, inside the 21-frame window")
+        request = Request(prompt="", seconds=1, policy="full", latent_frames=3 * args.chunks, **model_args)
+        stats = run_profile(request, read_prompts(args.prompts), args.queries)
+    headmap = classify(stats, args.rule)
+    out.write_text(json.dumps(heads_file(headmap, stats, args.rule)))
+    plot(headmap, stats, out.with_suffix(".png"))
+    return out

@@ -1,0 +1,73 @@
+"""Prompt timelines: which prompt drives which chunk. A switch happens at the first chunk boundary at or
+after its requested time (a chunk's time is that of its first output frame)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Cue:
+    start: float  # seconds, as requested
+    prompt: str
+
+
+def parse_prompt_arg(text: str) -> Cue:
+    """'a cat@10' -> Cue(10, 'a cat'); without '@SECONDS' the prompt starts at 0."""
+    m = re.match(r"^(?P<prompt>.*)@(?P<start>[0-9]*\.?[0-9]+)$", text, flags=re.S)
+    return Cue(float(m["start"]), m["prompt"]) if m else Cue(0.0, text)
+
+
+def read_timeline(path: str | Path) -> list[Cue]:
+    """JSONL lines {"start": seconds, "prompt": text}."""
+    try:
+        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    except OSError as e:
+        raise UsageError(f"cannot read timeline {path}: {e.strerror}") from None
+    cues = []
+    for n, line in enumerate(lines, 1):
+        try:
+            item = json.loads(line)
+            cues.append(Cue(float(item["start"]), str(item["prompt"])))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise UsageError(f"timeline {path} line {n}: expected {{\"start\": seconds, \"prompt\": text}}") from None
+    return cues
+
+
+def chunk_start_seconds(chunk: int, chunk_frames: int, fps: int) -> float:
+    """Time of a chunk's first output frame (latent frame j > 0 decodes to video frames 4j-3 .. 4j)."""
+    return 0.0 if chunk == 0 else (4 * chunk * chunk_frames - 3) / fps
+
+
+def check_timeline(cues: list[Cue], duration: float) -> None:
+    if not cues:
+        raise UsageError("no prompt given")
+    for cue in cues:
+        if not cue.prompt.strip():
+            raise UsageError(f"the prompt starting at {cue.start:g} s is empty")
+    if cues[0].start != 0:
+        raise UsageError(f"the first prompt must start at 0 s, not {cues[0].start:g} s")
+    for a, b in zip(cues, cues[1:]):
+        if b.start <= a.start:
+            raise UsageError(f"prompt starts must increase: {b.start:g} s comes after {a.start:g} s")
+    if cues[-1].start >= duration:
+        raise UsageError(f"a prompt starts at {cues[-1].start:g} s, past the end of the {duration:.2f} s video")
+
+
+def schedule(cues: list[Cue], num_chunks: int, chunk_frames: int, fps: int) -> list[dict]:
+    """The timeline actually applied: each cue's first chunk, video frame and time."""
+    applied = []
+    for cue in cues:
+        chunk = next((c for c in range(num_chunks) if chunk_start_seconds(c, chunk_frames, fps) >= cue.start - 1e-9), None)
+        if chunk is None:
+            raise UsageError(f"the prompt at {cue.start:g} s starts after the last chunk")
+        if applied and chunk == applied[-1]["chunk"]:
+            raise UsageError(f"prompts at {applied[-1]['requested_start']:g} s and {cue.start:g} s fall in the same chunk")
+        frame = 0 if chunk == 0 else 4 * chunk * chunk_frames - 3
+        applied.append(dict(prompt=cue.prompt, requested_start=cue.start, chunk=chunk, start_frame=frame, start_seconds=frame / fps))
+    return applied
