@@ -1,9 +1,10 @@
-"""headforcing generate | profile | conformance | inspect"""
+"""headforcing generate | profile | eval | conformance | inspect"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .cache.policy import PRESETS
 from .errors import UsageError
@@ -54,6 +55,7 @@ def build_parser() -> Parser:
     gen.add_argument("--heads", help="HeadMap JSON for multi-role policies, or 'auto' to profile the first window online")
     gen.add_argument("--rule", default=DEFAULT_RULE, help="head classification rule for --heads auto")
     gen.add_argument("--trace", help="write episodic-memory decisions to this JSONL file")
+    gen.add_argument("--eval", action="store_true", help="run the no-model metrics on the video (into OUT.eval/)")
     add_model_args(gen)
 
     prof = sub.add_parser("profile", help="measure what each head attends to and classify heads into roles")
@@ -64,6 +66,14 @@ def build_parser() -> Parser:
     prof.add_argument("--rule", default=DEFAULT_RULE, help=f"classification rule (default {DEFAULT_RULE})")
     prof.add_argument("--from", dest="source", help="re-derive a HeadMap from saved statistics, without running")
     add_model_args(prof)
+
+    ev = sub.add_parser("eval", help="long-video metrics over time for one or more mp4 files")
+    ev.add_argument("videos", nargs="+")
+    ev.add_argument("--out", required=True, help="folder for metrics.json, segments.csv and plots")
+    ev.add_argument("--segments", default="5s", help="segment length (default 5s)")
+    ev.add_argument("--prompt-timeline", help="a .timeline.json or JSONL timeline, for per-prompt CLIP scores")
+    ev.add_argument("--weights-dir", help="VBench-style folder of local weights for the learned metrics")
+    ev.add_argument("--clip-seconds", type=float, default=2.0, help="clip length of the long-video rule")
 
     ins = sub.add_parser("inspect", help="say what a checkpoint file or Wan folder is and whether it loads")
     ins.add_argument("path")
@@ -128,6 +138,28 @@ def run_generate(args) -> int:
     if len(summary.timeline) > 1:
         print("timeline: " + "; ".join(f"{c['start_seconds']:.2f} s (chunk {c['chunk']}): {c['prompt']}" for c in summary.timeline))
     print(summary.line())
+    if args.eval and args.out and not args.latents_only:
+        from .eval_run import evaluate
+
+        out_dir = str(Path(args.out).with_suffix(".eval"))
+        report = evaluate([args.out], out_dir)["videos"][Path(args.out).name]
+        print(f"eval: temporal flickering {report['temporal_flickering']:.4f}, "
+              f"dynamic degree (proxy) {report['dynamic_degree_proxy']:.0f}, "
+              f"motion smoothness (proxy) {report['motion_smoothness_proxy']:.4f} -> {out_dir}/")
+    return 0
+
+
+def run_eval(args) -> int:
+    from .eval_run import evaluate, parse_seconds
+
+    metrics = evaluate(args.videos, args.out, parse_seconds(args.segments), args.prompt_timeline, args.weights_dir, args.clip_seconds)
+    for name, r in metrics["videos"].items():
+        print(f"{name}: {r['duration_s']:.2f} s, flicker {r['temporal_flickering']:.4f}, dynamic (proxy) "
+              f"{r['dynamic_degree_proxy']:.0f}, smoothness (proxy) {r['motion_smoothness_proxy']:.4f}, "
+              f"luma gap {r['gap']['luma']:+.4f}")
+    for note in metrics["notes"]:
+        print(f"note: {note}")
+    print(f"wrote {args.out}/metrics.json, segments.csv and {len(metrics['segment_metrics'])} plots")
     return 0
 
 
@@ -158,7 +190,13 @@ def run_inspect(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"generate": run_generate, "profile": run_profile, "conformance": run_conformance, "inspect": run_inspect}
+    commands = {
+        "generate": run_generate,
+        "profile": run_profile,
+        "eval": run_eval,
+        "conformance": run_conformance,
+        "inspect": run_inspect,
+    }
     try:
         return commands[args.command](args)
     except UsageError as e:
