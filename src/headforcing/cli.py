@@ -1,4 +1,4 @@
-"""headforcing generate | profile | eval | conformance | inspect"""
+"""headforcing generate | profile | eval | bench | conformance | inspect"""
 
 from __future__ import annotations
 
@@ -74,6 +74,16 @@ def build_parser() -> Parser:
     ev.add_argument("--prompt-timeline", help="a .timeline.json or JSONL timeline, for per-prompt CLIP scores")
     ev.add_argument("--weights-dir", help="VBench-style folder of local weights for the learned metrics")
     ev.add_argument("--clip-seconds", type=float, default=2.0, help="clip length of the long-video rule")
+
+    b = sub.add_parser("bench", help="time presets x durations: FPS, first frame, memory, TFLOP/s")
+    b.add_argument("--policies", default="self-forcing,headforcing")
+    b.add_argument("--seconds", default="10,60", help="durations, comma-separated")
+    b.add_argument("--model", default=None, help="default: wan2.1-1.3b on a GPU, tiny on a CPU (smoke test)")
+    b.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT (default: the model's)")
+    b.add_argument("--warmup", type=int, default=2, help="chunks of warm-up before timing")
+    b.add_argument("--device")
+    b.add_argument("--dtype")
+    b.add_argument("--out", help="folder for bench.json and bench.md")
 
     ins = sub.add_parser("inspect", help="say what a checkpoint file or Wan folder is and whether it loads")
     ins.add_argument("path")
@@ -171,6 +181,21 @@ def run_profile(args) -> int:
     return 0
 
 
+def run_bench(args) -> int:
+    import torch
+
+    from .bench import bench, table
+
+    model = args.model or ("wan2.1-1.3b" if torch.cuda.is_available() else "tiny")
+    try:
+        durations = [float(x) for x in args.seconds.split(",")]
+    except ValueError:
+        raise UsageError(f"--seconds must be comma-separated numbers, got {args.seconds!r}") from None
+    rows = bench(args.policies.split(","), durations, model, args.out, args.warmup, size=args.size, device=args.device, dtype=args.dtype)
+    print(table(rows))
+    return 0
+
+
 def run_conformance(args) -> int:
     from .conformance import max_abs_error
 
@@ -194,6 +219,7 @@ def main(argv=None) -> int:
         "generate": run_generate,
         "profile": run_profile,
         "eval": run_eval,
+        "bench": run_bench,
         "conformance": run_conformance,
         "inspect": run_inspect,
     }

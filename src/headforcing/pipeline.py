@@ -49,6 +49,7 @@ class Request:
     text_encoder_device: str | None = None  # default: the run's device; moved off the GPU after encoding
     trace: str | None = None  # JSONL of episodic-memory decisions, one line per chunk and layer
     latent_frames: int | None = None  # overrides `seconds` (whole chunks)
+    decode: bool = False  # decode with the VAE even when nothing is written (benchmarks)
 
 
 @dataclass
@@ -150,14 +151,14 @@ class Engine:
         if folder is None:
             self.transformer = to_device(build_transformer(spec), self.device, self.dtype)
             self.encode = ToyTextEncoder(spec.transformer["text_dim"], spec.text_len)
-            vae = build_vae(spec) if request.out is not None else None
+            vae = build_vae(spec) if request.out is not None or request.decode else None
         else:
             state = read_causal_checkpoint(checkpoint, request.lora, request.lora_alpha, request.ema)
             self.transformer = dit_from_original(state, spec.transformer, self.dtype).to(self.device)
             del state
             text_device = torch.device(request.text_encoder_device) if request.text_encoder_device else self.device
             self.encode = WanTextEncoder(*folder.load_text_encoder(self.dtype), spec.text_len, text_device)
-            vae = folder.load_vae(self.dtype) if request.out is not None else None
+            vae = folder.load_vae(self.dtype) if request.out is not None or request.decode else None
         self.texts = {cue["prompt"]: self.encode(cue["prompt"]) for cue in self.timeline}
         if isinstance(self.encode, WanTextEncoder):
             self.encode.offload()  # the prompts are encoded; later set_prompt calls run it on the CPU

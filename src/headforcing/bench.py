@@ -1,0 +1,121 @@
+"""`headforcing bench`: presets x durations at the real shape (random weights unless given), timed chunk by
+chunk after a warm-up: end-to-end, DiT-only and VAE-only FPS, time to first frame, peak memory, cache
+bytes, and achieved TFLOP/s against a counted-FLOP model of each chunk. On a CPU it runs the tiny model
+as a smoke test of the same path."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from .pipeline import Engine, Request, peak_memory, video_frames
+from .sampler import SeededNoise
+
+
+def forward_flops(config: dict, tokens: int, text_len: int, groups: list[tuple[int, int]]) -> float:
+    """Multiply-add FLOPs (x2) of one DiT forward over `tokens` query tokens; groups: (heads, key tokens)
+    of each role group's attention; the text is `text_len` tokens."""
+    hd, H, L = config["attention_head_dim"], config["num_attention_heads"], config["num_layers"]
+    d, f, s = hd * H, config["ffn_dim"], tokens
+    self_proj = 4 * 2 * s * d * d  # q, k, v, out
+    self_attn = sum(2 * 2 * s * keys * hd * heads for heads, keys in groups)  # QK^T and AV
+    cross = 2 * 2 * s * d * d + 2 * 2 * text_len * d * d + 2 * 2 * s * text_len * d  # q, out; k, v; attention
+    ffn = 2 * 2 * s * d * f
+    return float(L * (self_proj + self_attn + cross + ffn))
+
+
+def chunk_flops(engine: Engine) -> float:
+    """FLOPs of the next chunk's forwards (denoising steps + the commit pass), from the cache as it stands."""
+    T = engine.cache.rope.tokens_per_frame
+    C = engine.spec.chunk_frames
+    forwards = len(engine.sampler.timesteps) + 1
+    total = 0.0
+    for layer in engine.cache.layers:  # per layer: its own groups (their sizes can differ by layer)
+        groups = [(len(s.heads), (len(s.frames) + C) * T) for s in layer.stores]
+        total += forward_flops({**engine.spec.transformer, "num_layers": 1}, C * T, engine.spec.text_len, groups)
+    return forwards * total
+
+
+class Timer:
+    """Wall time of a call on the CPU, CUDA events on a GPU (read after a sync at the end of the chunk)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn, *args):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn(*args)
+            end.record()
+            end.synchronize()
+            return out, start.elapsed_time(end) / 1000
+        t = time.perf_counter()
+        out = fn(*args)
+        return out, time.perf_counter() - t
+
+
+def run_one(request: Request, warmup_chunks: int = 2) -> dict:
+    """One timed run after `warmup_chunks` chunks of warm-up in the same engine."""
+    engine = Engine(request)
+    for _ in zip(range(warmup_chunks), engine.chunks()):
+        pass
+    device = engine.device
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+    timer, noise = Timer(device), SeededNoise(request.seed)
+    engine.decoder.reset()
+    engine.sampler.start(1, engine.latent_chw)
+    text = engine.texts[engine.timeline[0]["prompt"]]
+    dit, vae, flops, first_frame_s = [], [], 0.0, None
+    start = time.perf_counter()
+    for index in range(engine.num_chunks):
+        flops += chunk_flops(engine)  # before the chunk: the stores hold exactly the context it attends to
+        latents, t_dit = timer(engine.sampler.chunk, index, text, noise, 1, engine.latent_chw)
+        _, t_vae = timer(engine.decoder.decode, latents)
+        if first_frame_s is None:
+            first_frame_s = time.perf_counter() - start
+        dit.append(t_dit)
+        vae.append(t_vae)
+    total = time.perf_counter() - start
+    frames = video_frames(engine.latent_frames)
+    return dict(
+        policy=request.policy, seconds=request.seconds, frames=frames, latent_frames=engine.latent_frames,
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        dtype=str(engine.dtype).replace("torch.", ""), model=engine.spec.name, size=f"{engine.width}x{engine.height}",
+        e2e_fps=frames / total, dit_fps=frames / sum(dit), vae_fps=frames / sum(vae),
+        time_to_first_frame_s=first_frame_s, median_chunk_dit_s=statistics.median(dit),
+        median_chunk_vae_s=statistics.median(vae), peak_memory_bytes=peak_memory(device),
+        cache_bytes=engine.cache.nbytes(), tflops=flops / sum(dit) / 1e12, flops=flops,
+    )
+
+
+def table(rows: list[dict]) -> str:
+    head = "| policy | seconds | frames | e2e FPS | DiT FPS | VAE FPS | first frame s | peak GiB | cache MiB | TFLOP/s | device |"
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        lines.append(
+            f"| {r['policy']} | {r['seconds']:g} | {r['frames']} | {r['e2e_fps']:.2f} | {r['dit_fps']:.2f} | {r['vae_fps']:.2f} | "
+            f"{r['time_to_first_frame_s']:.3f} | {r['peak_memory_bytes'] / 2**30:.2f} | {r['cache_bytes'] / 2**20:.1f} | "
+            f"{r['tflops']:.3f} | {r['device']} |"
+        )
+    return "\n".join(lines)
+
+
+def bench(policies: list[str], durations: list[float], model: str, out: str | None, warmup: int = 2, **request_args) -> list[dict]:
+    rows = []
+    for policy in policies:
+        for seconds in durations:
+            request = Request(prompt="a drone shot over a coastline at sunset", seconds=seconds, policy=policy, model=model,
+                              decode=True, **request_args)
+            rows.append(run_one(request, warmup))
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        Path(out, "bench.json").write_text(json.dumps(rows, indent=1))
+        Path(out, "bench.md").write_text(table(rows) + "\n")
+    return rows
