@@ -111,10 +111,6 @@ def clip_score(image_features: torch.Tensor, text_features: torch.Tensor) -> flo
     return float((F.normalize(image_features.double(), dim=-1) @ F.normalize(text_features.double(), dim=-1).T).mean())
 
 
-def sample_every(fps: float) -> int:
-    return max(1, round(fps / 8))
-
-
 def learned_metrics(frames: np.ndarray, fps: float, embedders: dict, clip_seconds: float = 2.0,
                     segments: list[dict] | None = None, text_embed=None) -> dict:
     """frames [N, H, W, 3] (sampled at ~8 fps); embedders: any of "subject" (DINO), "background" (CLIP B/32),
