@@ -117,6 +117,8 @@ def test_heads_auto_gives_the_map_of_a_separate_profile_run():
     assert engine.headmap == classify(stats)
     memory = [s for s in engine.cache.stores() if s.name == "memory"]
     assert memory and all(len(s.frames) == s.capacity for s in memory)  # the window's frames were taken over
+    again = list(engine.chunks())  # a second run profiles afresh and repeats the first exactly
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(chunks, again))
 
 
 def test_profile_cli_and_rederive(tmp_path, capsys):

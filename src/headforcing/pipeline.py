@@ -148,17 +148,7 @@ class Engine:
         self.device = pick_device(request.device)
         self.dtype = pick_dtype(request.dtype, self.device)
 
-        if folder is None:
-            self.transformer = to_device(build_transformer(spec), self.device, self.dtype)
-            self.encode = ToyTextEncoder(spec.transformer["text_dim"], spec.text_len)
-            vae = build_vae(spec) if request.out is not None or request.decode else None
-        else:
-            state = read_causal_checkpoint(checkpoint, request.lora, request.lora_alpha, request.ema)
-            self.transformer = dit_from_original(state, spec.transformer, self.dtype).to(self.device)
-            del state
-            text_device = torch.device(request.text_encoder_device) if request.text_encoder_device else self.device
-            self.encode = WanTextEncoder(*folder.load_text_encoder(self.dtype), spec.text_len, text_device)
-            vae = folder.load_vae(self.dtype) if request.out is not None or request.decode else None
+        vae = self._load(folder, checkpoint)
         self.texts = {cue["prompt"]: self.encode(cue["prompt"]) for cue in self.timeline}
         if isinstance(self.encode, WanTextEncoder):
             self.encode.offload()  # the prompts are encoded; later set_prompt calls run it on the CPU
@@ -166,9 +156,24 @@ class Engine:
         self.decoder = StreamingVaeDecoder(vae.to(self.device)) if vae is not None else IdentityDecoder()
         stride = spec.vae_stride
         self.latent_chw = (spec.latent_channels, height // stride[1], width // stride[2])
-        self.cache = self._new_cache(profiling_policy() if self.auto_heads else self.policy, self.headmap)
+        self.cache = self._new_cache(self.policy, self.headmap) if not self.auto_heads else None
         self.pending_prompt: str | None = None
         self.profile_chunks = min(self.num_chunks, spec.trained_frames // C)
+
+    def _load(self, folder, checkpoint):
+        """The DiT and the text encoder (random tiny ones, or from local files); returns the VAE if needed."""
+        request, spec = self.request, self.spec
+        decode = request.out is not None or request.decode
+        if folder is None:
+            self.transformer = to_device(build_transformer(spec), self.device, self.dtype)
+            self.encode = ToyTextEncoder(spec.transformer["text_dim"], spec.text_len)
+            return build_vae(spec) if decode else None
+        state = read_causal_checkpoint(checkpoint, request.lora, request.lora_alpha, request.ema)
+        self.transformer = dit_from_original(state, spec.transformer, self.dtype).to(self.device)
+        del state
+        text_device = torch.device(request.text_encoder_device) if request.text_encoder_device else self.device
+        self.encode = WanTextEncoder(*folder.load_text_encoder(self.dtype), spec.text_len, text_device)
+        return folder.load_vae(self.dtype) if decode else None
 
     def _new_cache(self, policy: Policy, headmap: HeadMap | None) -> HeadwiseCache:
         spec = self.spec
@@ -207,11 +212,12 @@ class Engine:
         """Yield (chunk index, latents [1, C, c, h, w], decoded frames [1, n, H, W, 3] or the latents)."""
         noise = SeededNoise(self.request.seed)
         self.decoder.reset()
-        self.sampler.start(1, self.latent_chw)
         self.profiling = self.auto_heads
-        if self.profiling:
+        if self.profiling:  # every run profiles afresh, in a full cache
+            self.cache = self._new_cache(profiling_policy(), None)
             self.profiler = HeadProfiler(self.spec.num_layers, self.spec.num_heads, self.spec.chunk_frames, seed=self.request.seed)
             self.profiler.attach(self.cache)
+        self.sampler.start(1, self.latent_chw)
         keep = max(self.policy.recache_frames, 1)
         recent = None  # clean latents of the newest frames, for re-encoding at a prompt switch
         cues = {cue["chunk"]: cue["prompt"] for cue in self.timeline}
