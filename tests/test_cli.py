@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from headforcing.cli import main
 from headforcing.pipeline import latent_frames_for, video_frames
@@ -132,3 +133,30 @@ def test_conformance_on_a_non_recording(tmp_path, capsys):
     path.write_bytes(b"not a torch file")
     assert main(["conformance", str(path)]) == 2
     assert "cannot be read as a plain dict of tensors" in capsys.readouterr().err
+
+
+def test_set_prompt_between_chunks_equals_a_timeline():
+    from headforcing.pipeline import Engine, Request
+    from headforcing.timeline import Cue
+
+    timeline = Engine(Request(prompt=[Cue(0, "a red ball"), Cue(1.0, "a blue cube")], seconds=4, latent_frames=12))
+    applied = timeline.timeline[1]["chunk"]
+    session = Engine(Request(prompt="a red ball", seconds=4, latent_frames=12))
+    out = []
+    for index, latents, _ in session.chunks():
+        out.append(latents)
+        if index + 1 == applied:
+            session.set_prompt("a blue cube")
+    expected = [latents for _, latents, _ in timeline.chunks()]
+    assert all(torch.equal(a, b) for a, b in zip(out, expected))
+    plain = [latents for _, latents, _ in Engine(Request(prompt="a red ball", seconds=4, latent_frames=12)).chunks()]
+    assert not torch.equal(plain[-1], out[-1]) and torch.equal(plain[0], out[0])
+
+
+def test_generate_with_eval(tmp_path):
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--prompt", "x", "--seconds", "6", "--out", str(out), "--eval", "--quiet"]) == 0
+    metrics = json.loads((tmp_path / "v.eval" / "metrics.json").read_text())
+    report = metrics["videos"]["v.mp4"]
+    assert report["frames"] == count_frames(out) and 0 < report["temporal_flickering"] <= 1
+    assert len(report["segments"]) == 1  # 6.06 s: one 5 s segment, the 1 s stub dropped

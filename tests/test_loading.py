@@ -165,3 +165,13 @@ def test_inspect(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "broken.pt")]) == 1
     out = capsys.readouterr().out
     assert "missing: 1" in out and "blocks.0.attn1.to_q.weight" in out and "loadable: no" in out
+
+
+def test_safetensors_beside_a_pickle_is_preferred(tmp_path):
+    from safetensors.torch import save_file
+
+    from headforcing.weights import read_state_dict
+
+    torch.save({"w": torch.zeros(2)}, tmp_path / "model.pt")
+    save_file({"w": torch.ones(2)}, str(tmp_path / "model.safetensors"))
+    assert torch.equal(read_state_dict(tmp_path / "model.pt")["w"], torch.ones(2))

@@ -38,8 +38,11 @@ def read_pt(path: str | Path) -> dict:
 
 
 def read_state_dict(path: str | Path) -> dict:
-    """A .safetensors, .pt, .pth or .bin file -> dict (tensors stay memory-mapped where possible)."""
+    """A .safetensors, .pt, .pth or .bin file -> dict (tensors stay memory-mapped where possible).
+    A pickle-format path with a .safetensors file beside it (same stem) is read from the safetensors."""
     path = Path(path)
+    if path.suffix in (".pt", ".pth", ".bin") and path.with_suffix(".safetensors").exists():
+        path = path.with_suffix(".safetensors")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
