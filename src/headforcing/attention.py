@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import torch
-
-from .cache.headwise import LayerCache
-
 
 class HeadwiseAttnProcessor:
     """Replaces diffusers' WanAttnProcessor on self-attention; the model never knows which policy runs."""
 
-    def __init__(self, layer: LayerCache):
+    def __init__(self, layer):  # a cache.headwise.LayerCache
         self.layer = layer
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):

@@ -11,9 +11,10 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from ..attention import HeadwiseAttnProcessor
 from ..rope import Rope, rotate
-from .headmap import HeadMap
 from .episodic import EpisodicConfig, EpisodicMemory
+from .headmap import HeadMap
 from .policy import Policy
 from .store import KVStore
 
@@ -55,7 +56,8 @@ class HeadwiseCache:
         self.policy, self.headmap = policy, headmap
         self.head_dim, self.chunk_frames = head_dim, chunk_frames
         self.committing = False
-        self.recache = None  # (first frame, rotations, mask) while re-encoding frames after a prompt switch
+        self.recache = None  # while re-encoding after a prompt switch: (first frame, rotations at 0..R-1,
+        # rotations at the frames' absolute positions, block-causal mask)
         self.episodic_log: list[dict] = []  # admit / replace / merge decisions, in order
         self.keep_log = keep_log
         self.layers = []
@@ -77,8 +79,6 @@ class HeadwiseCache:
 
     def install(self, transformer) -> None:
         """Route every self-attention (attn1) of the DiT through this cache."""
-        from ..attention import HeadwiseAttnProcessor
-
         if len(transformer.blocks) != len(self.layers):
             raise ValueError(f"cache has {len(self.layers)} layers, the model {len(transformer.blocks)}")
         for block, layer in zip(transformer.blocks, self.layers):
