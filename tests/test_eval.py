@@ -169,6 +169,8 @@ def test_learned_metrics_with_tiny_networks(tmp_path):
     assert r_static["background_consistency"] == pytest.approx(1.0, abs=1e-6)
     assert r_moving["background_consistency"] < r_static["background_consistency"]
     assert len(r_static["subject_consistency_per_clip"]) == 3 and "VBench-Long" in r_static["clip_rule"]
+    feats_moving = embed(moving)
+    assert r_moving["background_consistency_clip2clip"] == pytest.approx(consistency(feats_moving[[0, 16, 32]]))
     feats = embed(static)
     assert r_static["aesthetic_quality"] == pytest.approx(aesthetic(feats, head))
     frames_a = [round(j) for j in np.linspace(0, 19, 8)]

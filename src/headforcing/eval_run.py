@@ -46,19 +46,18 @@ def read_prompt_segments(path: str, duration: float) -> list[dict]:
     return [dict(start_s=s, end_s=e, prompt=p) for (s, p), e in zip(cues, ends)]
 
 
-def sampled_frames(path, fps_target: float = 8.0, side: int = 256) -> tuple[np.ndarray, float]:
-    """Frames at ~8 fps, short side `side`, for the learned metrics: ([N, h, w, 3], their rate)."""
+def small_frames(path, side: int = 256) -> tuple[np.ndarray, float]:
+    """Every frame at short side `side` (the learned models see 224 px), for the learned metrics:
+    ([N, h, w, 3], frame rate)."""
     import cv2
 
     container, fps = open_video(path)
-    every = max(1, round(fps / fps_target))
     out = []
     with container:
-        for i, rgb in enumerate(frames_of(container, path)):
-            if i % every == 0:
-                s = side / min(rgb.shape[:2])
-                out.append(cv2.resize(rgb, (round(rgb.shape[1] * s), round(rgb.shape[0] * s)), interpolation=cv2.INTER_AREA))
-    return np.stack(out), fps / every
+        for rgb in frames_of(container, path):
+            s = side / min(rgb.shape[:2])
+            out.append(cv2.resize(rgb, (round(rgb.shape[1] * s), round(rgb.shape[0] * s)), interpolation=cv2.INTER_AREA))
+    return np.stack(out), fps
 
 
 def evaluate(videos: list[str], out_dir: str, segment_seconds: float = 5.0, prompt_timeline: str | None = None,
@@ -81,7 +80,7 @@ def evaluate(videos: list[str], out_dir: str, segment_seconds: float = 5.0, prom
         if embedders:
             from .learned import learned_metrics
 
-            frames, rate = sampled_frames(video)
+            frames, rate = small_frames(video)
             report["learned"] = learned_metrics(frames, rate, embedders, clip_seconds, report.get("prompt_segments"), text_embed)
         results[name] = report
     metrics = {"videos": results, "notes": notes, "segment_metrics": list(SEGMENT_METRICS)}
