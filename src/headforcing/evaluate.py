@@ -131,7 +131,7 @@ def analyse(path, segment_seconds: float = 5.0) -> dict:
     interval = max(1, round(fps / 8))  # VBench samples ~8 fps for the dynamic degree
     segments: list[Segment] = []
     diffs, motions, smooth = [], [], []
-    prev = prev2 = None  # (rgb, small gray) of the last two frames
+    prev = prev2 = None  # (rgb, small gray, small rgb) of the last two frames
     sampled = None
     scale = 1.0
     count = 0
@@ -142,7 +142,8 @@ def analyse(path, segment_seconds: float = 5.0) -> dict:
                 h, w = gray.shape
                 scale = min(1.0, FLOW_SIDE / min(h, w))
                 size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA) if scale < 1 else gray
+                shrink = (lambda im: cv2.resize(im, size, interpolation=cv2.INTER_AREA)) if scale < 1 else (lambda im: im)
+            small, small_rgb = shrink(gray), shrink(rgb)  # each frame scaled once, for flow and re-prediction
             if i % seg_len == 0:
                 segments.append(Segment(start=i / fps))
             seg = segments[-1]
@@ -159,11 +160,9 @@ def analyse(path, segment_seconds: float = 5.0) -> dict:
                     seg.motions.append(m)
                 sampled = small
             if i % 2 == 0 and prev2 is not None:  # re-predict the odd frame i-1 from frames i-2 and i
-                a = cv2.resize(prev2[0], size, interpolation=cv2.INTER_AREA) if scale < 1 else prev2[0]
-                c = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if scale < 1 else rgb
-                b = cv2.resize(prev[0], size, interpolation=cv2.INTER_AREA) if scale < 1 else prev[0]
-                smooth.append(float(np.abs(midpoint(a, c, prev2[1], small) - b).mean()))
-            prev2, prev = prev, (rgb, small)
+                predicted = midpoint(prev2[2], small_rgb, prev2[1], small)
+                smooth.append(float(np.abs(predicted - prev[2]).mean()))
+            prev2, prev = prev, (rgb, small, small_rgb)
             count = i + 1
     if count < seg_len or count < 3:
         raise UsageError(f"{path} has {count} frames, fewer than one {segment_seconds:g} s segment ({seg_len} frames)")

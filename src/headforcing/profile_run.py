@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import UsageError
@@ -31,7 +32,7 @@ def read_prompts(path: str | None) -> list[str]:
 
 def run_profile(request: Request, prompts: list[str], queries: int) -> dict:
     """Statistics over all prompts: one engine (the model loads once), one profiler, the same seed."""
-    engine = Engine(Request(**{**request.__dict__, "prompt": prompts[0]}))
+    engine = Engine(replace(request, prompt=prompts[0]))
     profiler = HeadProfiler(engine.spec.num_layers, engine.spec.num_heads, engine.spec.chunk_frames, queries, seed=request.seed)
     profiler.attach(engine.cache)
     for prompt in prompts:

@@ -115,8 +115,11 @@ class KVStore:
     def commit_frame(self, frame: int, k_raw: torch.Tensor, v: torch.Tensor, k_rot: torch.Tensor | None = None) -> None:
         """Keep one frame: k_raw, v [B, Hg, T, D] (k_rot: its keys rotated at its absolute position)."""
         slot = self._slot_for(frame)
-        if slot is None:
-            return
+        if slot is not None:
+            self._write(slot, k_raw, v, k_rot)
+
+    def _write(self, slot: int, k_raw: torch.Tensor, v: torch.Tensor, k_rot: torch.Tensor | None) -> None:
+        """One frame's keys/values into a slot: raw keys if kept, rotated keys if absolute, values."""
         dst = self._tokens(slot)
         if self.k_raw is not None:
             self.k_raw[:, :, dst] = k_raw
@@ -148,12 +151,8 @@ class KVStore:
         for slot in self.recent_slots():
             i = self.frames[slot] - first_frame
             if 0 <= i < count:
-                src, dst = slice(i * self.T, (i + 1) * self.T), self._tokens(slot)
-                if self.k_raw is not None:
-                    self.k_raw[:, :, dst] = k_raw[:, :, src]
-                if self.absolute:
-                    self.k_ctx[:, :, dst] = k_rot[:, :, src]
-                self.v_ctx[:, :, dst] = v[:, :, src]
+                src = slice(i * self.T, (i + 1) * self.T)
+                self._write(slot, k_raw[:, :, src], v[:, :, src], k_rot[:, :, src] if self.absolute else None)
 
     # ---- slot operations for the episodic memory ------------------------------------------------------
     def copy_slot(self, src: int, dst: int) -> None:
