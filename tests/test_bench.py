@@ -16,7 +16,7 @@ from headforcing.pipeline import Engine, Request
 @pytest.mark.parametrize("policy", ["self-forcing", "headforcing"])
 def test_flop_model_matches_pytorch_counter(policy):
     """FLOPs of chunk 4's five forwards, counted by PyTorch while they run vs our formula."""
-    engine = Engine(Request(prompt="x", seconds=1, policy=policy, latent_frames=15))
+    engine = Engine(Request(model="tiny", prompt="x", seconds=1, policy=policy, latent_frames=15))
     chunks = engine.chunks()
     for _ in range(4):
         next(chunks)

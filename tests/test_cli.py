@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from headforcing.cli import main
-from headforcing.pipeline import latent_frames_for, video_frames
+from headforcing.models import WAN_1_3B
+from headforcing.pipeline import latent_frames_for
 from headforcing.video import count_frames
 
 
@@ -18,10 +19,10 @@ def run_cli(*args):
 
 def test_generate_60_seconds_end_to_end(tmp_path):
     out = tmp_path / "long.mp4"
-    proc = run_cli("generate", "--prompt", "a red ball", "--seconds", "60", "--policy", "headforcing", "--out", str(out))
+    proc = run_cli("generate", "--model", "tiny", "--prompt", "a red ball", "--seconds", "60", "--policy", "headforcing", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     n = latent_frames_for(60, 16, 3)
-    assert n == 243 and count_frames(out) == video_frames(n) == 969
+    assert n == 243 and count_frames(out) == WAN_1_3B.video_frames(n) == 969
     summary = proc.stdout.strip().splitlines()[-1]
     assert summary.startswith("frames 969 (243 latent), duration 60.56 s") and "FPS" in summary and "cache" in summary
     assert "frame/s" in proc.stderr  # the progress bar
@@ -30,7 +31,7 @@ def test_generate_60_seconds_end_to_end(tmp_path):
 
 def test_three_prompt_60_second_timeline(tmp_path):
     out = tmp_path / "story.mp4"
-    proc = run_cli("generate", "--prompt", "a red ball@0", "--prompt", "the ball turns blue@20", "--prompt",
+    proc = run_cli("generate", "--model", "tiny", "--prompt", "a red ball@0", "--prompt", "the ball turns blue@20", "--prompt",
                    "a green cube@40", "--seconds", "60", "--out", str(out), "--trace", str(tmp_path / "trace.jsonl"))
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["story.mp4", "story.timeline.json", "trace.jsonl"]
@@ -47,13 +48,13 @@ def test_three_prompt_60_second_timeline(tmp_path):
 def test_same_seed_same_video_other_seed_differs(tmp_path):
     paths = [tmp_path / f"{i}.mp4" for i in range(3)]
     for path, seed in zip(paths, (1, 1, 2)):
-        assert main(["generate", "--prompt", "x", "--seconds", "0.5", "--seed", str(seed), "--out", str(path), "--quiet"]) == 0
+        assert main(["generate", "--model", "tiny", "--prompt", "x", "--seconds", "0.5", "--seed", str(seed), "--out", str(path), "--quiet"]) == 0
     data = [p.read_bytes() for p in paths]
     assert data[0] == data[1] != data[2]
 
 
 def test_latents_only_run(capsys):
-    assert main(["generate", "--prompt", "x", "--seconds", "1", "--latents-only", "--quiet", "--policy", "longlive"]) == 0
+    assert main(["generate", "--model", "tiny", "--prompt", "x", "--seconds", "1", "--latents-only", "--quiet", "--policy", "longlive"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("frames 6 (6 latent)")
 
 
@@ -139,9 +140,9 @@ def test_set_prompt_between_chunks_equals_a_timeline():
     from headforcing.pipeline import Engine, Request
     from headforcing.timeline import Cue
 
-    timeline = Engine(Request(prompt=[Cue(0, "a red ball"), Cue(1.0, "a blue cube")], seconds=4, latent_frames=12))
+    timeline = Engine(Request(model="tiny", prompt=[Cue(0, "a red ball"), Cue(1.0, "a blue cube")], seconds=4, latent_frames=12))
     applied = timeline.timeline[1]["chunk"]
-    session = Engine(Request(prompt="a red ball", seconds=4, latent_frames=12))
+    session = Engine(Request(model="tiny", prompt="a red ball", seconds=4, latent_frames=12))
     out = []
     for index, latents, _ in session.chunks():
         out.append(latents)
@@ -149,13 +150,13 @@ def test_set_prompt_between_chunks_equals_a_timeline():
             session.set_prompt("a blue cube")
     expected = [latents for _, latents, _ in timeline.chunks()]
     assert all(torch.equal(a, b) for a, b in zip(out, expected))
-    plain = [latents for _, latents, _ in Engine(Request(prompt="a red ball", seconds=4, latent_frames=12)).chunks()]
+    plain = [latents for _, latents, _ in Engine(Request(model="tiny", prompt="a red ball", seconds=4, latent_frames=12)).chunks()]
     assert not torch.equal(plain[-1], out[-1]) and torch.equal(plain[0], out[0])
 
 
 def test_generate_with_eval(tmp_path):
     out = tmp_path / "v.mp4"
-    assert main(["generate", "--prompt", "x", "--seconds", "6", "--out", str(out), "--eval", "--quiet"]) == 0
+    assert main(["generate", "--model", "tiny", "--prompt", "x", "--seconds", "6", "--out", str(out), "--eval", "--quiet"]) == 0
     metrics = json.loads((tmp_path / "v.eval" / "metrics.json").read_text())
     report = metrics["videos"]["v.mp4"]
     assert report["frames"] == count_frames(out) and 0 < report["temporal_flickering"] <= 1

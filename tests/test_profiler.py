@@ -109,7 +109,7 @@ def test_bad_rules(rule, message):
 
 
 def test_heads_auto_gives_the_map_of_a_separate_profile_run():
-    common = dict(prompt="a red ball", seconds=1, seed=5)
+    common = dict(model="tiny", prompt="a red ball", seconds=1, seed=5)
     stats = run_profile(Request(**common, policy="full", latent_frames=21), ["a red ball"], queries=256)
     engine = Engine(Request(**common, policy="headforcing", heads="auto", latent_frames=27))
     chunks = list(engine.chunks())
@@ -125,7 +125,7 @@ def test_profile_cli_and_rederive(tmp_path, capsys):
     out = tmp_path / "heads.json"
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\na dog\n")
-    assert main(["profile", "--prompts", str(prompts), "--chunks", "5", "--out", str(out), "--quiet"]) == 0
+    assert main(["profile", "--model", "tiny", "--prompts", str(prompts), "--chunks", "5", "--out", str(out), "--quiet"]) == 0
     data = json.loads(out.read_text())
     assert (tmp_path / "heads.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert data["stats"]["denoise"]["observations"] == 2 * 2 * 4  # 2 prompts x chunks 3..4 x 4 steps
@@ -134,4 +134,4 @@ def test_profile_cli_and_rederive(tmp_path, capsys):
     again = tmp_path / "again.json"
     assert main(["profile", "--from", str(out), "--rule", "anchor=sink:top50%,local=current:top50%,memory=rest", "--out", str(again)]) == 0
     assert sum(layer.count("anchor") for layer in json.loads(again.read_text())["roles"]) == 6
-    assert main(["generate", "--prompt", "x", "--seconds", "2", "--heads", str(again), "--latents-only", "--quiet"]) == 0
+    assert main(["generate", "--model", "tiny", "--prompt", "x", "--seconds", "2", "--heads", str(again), "--latents-only", "--quiet"]) == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .pipeline import Engine, Request, peak_memory, video_frames
+from .pipeline import Engine, Request, peak_memory
 from .sampler import SeededNoise
 
 
@@ -83,7 +83,7 @@ def run_one(request: Request, warmup_chunks: int = 2) -> dict:
         dit.append(t_dit)
         vae.append(t_vae)
     total = time.perf_counter() - start
-    frames = video_frames(engine.latent_frames)
+    frames = engine.spec.video_frames(engine.latent_frames)
     return dict(
         policy=request.policy, seconds=request.seconds, frames=frames, latent_frames=engine.latent_frames,
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -1,4 +1,4 @@
-"""headforcing generate | profile | eval | bench | conformance | inspect"""
+"""headforcing generate | profile | eval | bench | toyworld train|eval | conformance | inspect"""
 
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def add_model_args(p) -> None:
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default="tiny", choices=sorted(SPECS))
+    p.add_argument("--model", default="toy", choices=sorted(SPECS),
+                   help="toy: the shipped toy-world model (default); tiny: random, for tests; wan2.1-1.3b: the real shape")
+    p.add_argument("--toy-weights", help="a toy-world checkpoint from `toyworld train` (default: the shipped one)")
     p.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT, multiples of 16 (default: the model's)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--dtype", help="float32 or bfloat16 (default: bfloat16 on GPU, float32 on CPU)")
@@ -88,6 +90,26 @@ def build_parser() -> Parser:
     ins = sub.add_parser("inspect", help="say what a checkpoint file or Wan folder is and whether it loads")
     ins.add_argument("path")
 
+    toy = sub.add_parser("toyworld", help="the toy world: train its model, or measure long-horizon drift against its truth")
+    toy_sub = toy.add_subparsers(dest="toy_command", required=True, parser_class=Parser)
+    tr = toy_sub.add_parser("train", help="train the toy-world model (seeded; checkpoints every --save-every steps)")
+    tr.add_argument("--out", required=True, help="folder for stepNNNNNN.safetensors (+ .json) checkpoints")
+    tr.add_argument("--steps", type=int, default=3000)
+    tr.add_argument("--batch", type=int, default=8)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--save-every", type=int, default=250)
+    te = toy_sub.add_parser("eval", help="generate far past the window per policy; decode the world state; compare with the captions")
+    te.add_argument("--out", required=True, help="folder for toyworld.json, toyworld.md, curves and frames")
+    te.add_argument("--policies", default="self-forcing,longlive,infinity-rope,headforcing",
+                    help="cache presets; 'truth' measures the world's own frames (the benchmark's ceiling)")
+    te.add_argument("--seconds", default="60,300", help="durations, comma-separated")
+    te.add_argument("--seeds", type=int, default=8)
+    te.add_argument("--heads", help="HeadMap JSON for headforcing (from `headforcing profile --model toy`)")
+    te.add_argument("--change-at", type=float, help="switch each seed's prompt to a changed scene at this second")
+    te.add_argument("--toy-weights", help="a checkpoint from `toyworld train` (default: the shipped one)")
+    te.add_argument("--solver", choices=["euler", "renoise"], help="override the model's solver (to compare them)")
+
     conf = sub.add_parser("conformance", help="replay a Self-Forcing recording and compare its latents")
     conf.add_argument("recording")
     conf.add_argument("--tolerance", type=float, default=1e-4)
@@ -107,6 +129,7 @@ def model_request_args(args) -> dict:
         lora_alpha=args.lora_alpha,
         ema=not args.no_ema,
         text_encoder_device=args.text_encoder_device,
+        toy_weights=args.toy_weights,
     )
 
 
@@ -145,6 +168,9 @@ def run_generate(args) -> int:
     summary = generate(request, progress=not args.quiet)
     if summary.model == "tiny":
         print("note: the tiny model has random weights, so its video is noise; real weights give real videos.")
+    if summary.model == "toy":
+        print("note: this is the toy-world model (coloured shapes, 32x32, 4 fps); real weights give real videos "
+              "(--wan-dir and --checkpoint).")
     if len(summary.timeline) > 1:
         print("timeline: " + "; ".join(f"{c['start_seconds']:.2f} s (chunk {c['chunk']}): {c['prompt']}" for c in summary.timeline))
     print(summary.line())
@@ -187,12 +213,43 @@ def run_bench(args) -> int:
     from .bench import bench, table
 
     model = args.model or ("wan2.1-1.3b" if torch.cuda.is_available() else "tiny")
-    try:
-        durations = [float(x) for x in args.seconds.split(",")]
-    except ValueError:
-        raise UsageError(f"--seconds must be comma-separated numbers, got {args.seconds!r}") from None
+    durations = parse_durations(args.seconds)
     rows = bench(args.policies.split(","), durations, model, args.out, args.warmup, size=args.size, device=args.device, dtype=args.dtype)
     print(table(rows))
+    return 0
+
+
+def parse_durations(text: str) -> list[float]:
+    try:
+        durations = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--seconds must be comma-separated numbers, got {text!r}") from None
+    if not all(d > 0 for d in durations):
+        raise UsageError(f"--seconds must be positive, got {text!r}")
+    return durations
+
+
+def run_toyworld(args) -> int:
+    if args.toy_command == "train":
+        from .toytrain import train
+
+        if args.steps < 1 or args.batch < 1:
+            raise UsageError("--steps and --batch must be at least 1")
+        last = train(args.out, args.steps, args.batch, args.seed, args.lr, save_every=args.save_every,
+                     log=lambda m: print(m, flush=True))
+        print(f"wrote {last}; use it with --toy-weights {last}")
+        return 0
+    from .cache.policy import PRESETS
+    from .toyeval import evaluate
+
+    policies = args.policies.split(",")
+    unknown = [p for p in policies if p not in PRESETS and p != "truth"]
+    if unknown:
+        raise UsageError(f"unknown policy {unknown[0]!r}; known: {', '.join(PRESETS)}")
+    report = evaluate(policies, parse_durations(args.seconds), args.seeds, args.out, args.heads, args.toy_weights,
+                      args.change_at, args.solver)
+    print((Path(args.out) / "toyworld.md").read_text(), end="")
+    print(f"wrote {args.out}/toyworld.json, toyworld.md, curves_*.png/csv, frames_*.png ({len(report['results'])} runs)")
     return 0
 
 
@@ -222,6 +279,7 @@ def main(argv=None) -> int:
         "bench": run_bench,
         "conformance": run_conformance,
         "inspect": run_inspect,
+        "toyworld": run_toyworld,
     }
     try:
         return commands[args.command](args)

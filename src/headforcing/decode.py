@@ -58,3 +58,15 @@ class IdentityDecoder:
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return latents
+
+
+class PixelDecoder:
+    """A pixel-space model's "latents" are frames in [-1, 1]: [B, F, 3, H, W] -> [B, F, H, W, 3] uint8."""
+
+    writes_video = True
+
+    def reset(self) -> None:
+        pass
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return ((latents.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu()

@@ -13,6 +13,7 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from .errors import UsageError
+from .sampler import Schedule
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,8 @@ class ModelSpec:
     fps: int = 16
     chunk_frames: int = 3
     trained_frames: int = 21  # latent frames of the training window
-    vae_stride: tuple[int, int, int] = (4, 8, 8)
+    vae_stride: tuple[int, int, int] = (4, 8, 8)  # (1, 1, 1): the model works on pixels
+    schedule: Schedule = Schedule()  # the sampler's timesteps: Self-Forcing's 4 steps unless the model has its own
 
     @property
     def num_layers(self) -> int:
@@ -42,6 +44,15 @@ class ModelSpec:
     @property
     def latent_channels(self) -> int:
         return self.transformer["in_channels"]
+
+    @property
+    def pixels(self) -> bool:
+        """The model works on pixels (no VAE): a latent frame is a video frame."""
+        return self.vae_stride == (1, 1, 1)
+
+    def video_frames(self, latent_frames: int) -> int:
+        """Video frames decoded from `latent_frames` (4N-3 for Wan's VAE, N on pixels)."""
+        return self.vae_stride[0] * (latent_frames - 1) + 1
 
     @property
     def size_multiple(self) -> int:
@@ -85,7 +96,24 @@ TINY = ModelSpec(
     size=(64, 64),
 )
 
-SPECS = {s.name: s for s in (WAN_1_3B, TINY)}
+# The toy-world model (toymodel.py): a Wan DiT on 32x32 RGB pixels in 4x4 patches (64 tokens a frame); a
+# "latent frame" is a video frame, 4 a second, so the 21-frame window is 5.25 s like Wan's 21 latent frames.
+# Trained here (toytrain.py) by plain flow matching, not distilled: it samples with 4 Euler steps of the flow.
+TOY = ModelSpec(
+    name="toy",
+    transformer=dict(
+        patch_size=(1, 4, 4), num_attention_heads=4, attention_head_dim=32, in_channels=3, out_channels=3,
+        text_dim=64, freq_dim=64, ffn_dim=512, num_layers=4, cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads", eps=1e-6,
+    ),
+    text_len=24,
+    size=(32, 32),
+    fps=4,
+    vae_stride=(1, 1, 1),
+    schedule=Schedule(steps=(1000, 750, 500, 250), shift=3.0, solver="euler"),
+)
+
+SPECS = {s.name: s for s in (TOY, WAN_1_3B, TINY)}
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -116,7 +144,7 @@ def build_vae(spec: ModelSpec, seed: int = 0) -> AutoencoderKLWan:
     return AutoencoderKLWan(**spec.vae).eval().requires_grad_(False)
 
 
-class ToyTextEncoder:
+class RandomTextEncoder:
     """Text embeddings for the tiny model: each word gets a fixed random vector (seeded by its CRC32),
     zero-padded to text_len like Wan's context. Stands in for umT5 where no real weights exist."""
 

@@ -17,14 +17,17 @@ from tqdm import tqdm
 from .cache.headmap import HeadMap
 from .cache.headwise import HeadwiseCache
 from .cache.policy import Policy, RolePolicy, Sink, preset
-from .decode import IdentityDecoder, StreamingVaeDecoder
+from .decode import IdentityDecoder, PixelDecoder, StreamingVaeDecoder
 from .errors import UsageError
 from .loading import dit_from_original, find_wan_folder, read_causal_checkpoint
-from .models import WAN_1_3B, ToyTextEncoder, build_transformer, build_vae, get_spec, to_device
+from .models import WAN_1_3B, RandomTextEncoder, build_transformer, build_vae, get_spec, to_device
 from .profiler import DEFAULT_RULE, HeadProfiler, classify, parse_rule
+from .prompt_cache import install_prompt_cache
 from .sampler import ChunkSampler, SeededNoise
 from .text import WanTextEncoder
 from .timeline import Cue, check_timeline, schedule
+from .toymodel import ToyTextEncoder
+from .toymodel import load_toy
 from .video import Mp4Writer, check_writable
 
 
@@ -33,7 +36,7 @@ class Request:
     prompt: str | list[Cue]  # one prompt, or a timeline of cues starting at 0 s
     seconds: float
     policy: str = "headforcing"
-    model: str = "tiny"
+    model: str = "toy"  # the shipped toy-world model; "tiny" (random), "wan2.1-1.3b" (random unless weights)
     out: str | None = None  # None: latent-only run, nothing written
     seed: int = 0
     size: tuple[int, int] | None = None  # (width, height); the model's default if None
@@ -50,6 +53,8 @@ class Request:
     trace: str | None = None  # JSONL of episodic-memory decisions, one line per chunk and layer
     latent_frames: int | None = None  # overrides `seconds` (whole chunks)
     decode: bool = False  # decode with the VAE even when nothing is written (benchmarks)
+    toy_weights: str | None = None  # a toy-world checkpoint (toyworld train) instead of the shipped one
+    solver: str | None = None  # "euler" or "renoise" instead of the model's own solver (comparisons)
 
 
 @dataclass
@@ -72,16 +77,12 @@ class Summary:
         )
 
 
-def latent_frames_for(seconds: float, fps: int, chunk: int) -> int:
-    """Latent frames (a whole number of chunks) whose 4N-3 video frames cover `seconds`."""
+def latent_frames_for(seconds: float, fps: int, chunk: int, stride: int = 4) -> int:
+    """Latent frames (a whole number of chunks) whose stride(N-1)+1 video frames cover `seconds`."""
     if not seconds > 0 or not math.isfinite(seconds):
         raise UsageError(f"--seconds must be a positive number, got {seconds}")
-    n = math.ceil((seconds * fps + 3) / 4)
+    n = math.ceil((seconds * fps + stride - 1) / stride)
     return chunk * math.ceil(n / chunk)
-
-
-def video_frames(latent_frames: int) -> int:
-    return 4 * latent_frames - 3
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -123,11 +124,12 @@ class Engine:
             raise UsageError(f"size {width}x{height}: width and height must be positive multiples of {spec.size_multiple}")
         self.width, self.height = width, height
         C = spec.chunk_frames
-        self.latent_frames = request.latent_frames or latent_frames_for(request.seconds, spec.fps, C)
+        stride = spec.vae_stride
+        self.latent_frames = request.latent_frames or latent_frames_for(request.seconds, spec.fps, C, stride[0])
         self.num_chunks = self.latent_frames // C
         cues = [Cue(0.0, request.prompt)] if isinstance(request.prompt, str) else list(request.prompt)
-        check_timeline(cues, video_frames(self.latent_frames) / spec.fps)
-        self.timeline = schedule(cues, self.num_chunks, C, spec.fps)
+        check_timeline(cues, spec.video_frames(self.latent_frames) / spec.fps)
+        self.timeline = schedule(cues, self.num_chunks, C, spec.fps, stride[0])
         self.policy = preset(request.policy, C, spec.trained_frames)
         if not self.policy.bounded and self.latent_frames > spec.trained_frames:
             raise UsageError(
@@ -149,24 +151,36 @@ class Engine:
         self.dtype = pick_dtype(request.dtype, self.device)
 
         vae = self._load(folder, checkpoint)
-        self.texts = {cue["prompt"]: self.encode(cue["prompt"]) for cue in self.timeline}
+        install_prompt_cache(self.transformer)
+        self.texts = {cue["prompt"]: self._encode(cue["prompt"]) for cue in self.timeline}
         if isinstance(self.encode, WanTextEncoder):
             self.encode.offload()  # the prompts are encoded; later set_prompt calls run it on the CPU
-        self.sampler = ChunkSampler(self.transformer, None, chunk_frames=C)
-        self.decoder = StreamingVaeDecoder(vae.to(self.device)) if vae is not None else IdentityDecoder()
-        stride = spec.vae_stride
+        steps = replace(spec.schedule, solver=request.solver) if request.solver else spec.schedule
+        self.sampler = ChunkSampler(self.transformer, None, steps, chunk_frames=C)
+        self.decoder = self._decoder(vae)
         self.latent_chw = (spec.latent_channels, height // stride[1], width // stride[2])
         self.cache = self._new_cache(self.policy, self.headmap) if not self.auto_heads else None
         self.pending_prompt: str | None = None
         self.profile_chunks = min(self.num_chunks, spec.trained_frames // C)
 
+    def _decoder(self, vae):
+        if self.spec.pixels:
+            return PixelDecoder() if self.request.out is not None or self.request.decode else IdentityDecoder()
+        return StreamingVaeDecoder(vae.to(self.device)) if vae is not None else IdentityDecoder()
+
     def _load(self, folder, checkpoint):
-        """The DiT and the text encoder (random tiny ones, or from local files); returns the VAE if needed."""
+        """The DiT and the text encoder (shipped toy ones, random ones, or from local files); returns the VAE
+        if one is needed."""
         request, spec = self.request, self.spec
         decode = request.out is not None or request.decode
+        if folder is None and spec.name == "toy":
+            transformer, words = load_toy(request.toy_weights)
+            self.transformer = to_device(transformer, self.device, self.dtype)
+            self.encode = ToyTextEncoder(words)
+            return None
         if folder is None:
             self.transformer = to_device(build_transformer(spec), self.device, self.dtype)
-            self.encode = ToyTextEncoder(spec.transformer["text_dim"], spec.text_len)
+            self.encode = RandomTextEncoder(spec.transformer["text_dim"], spec.text_len)
             return build_vae(spec) if decode else None
         state = read_causal_checkpoint(checkpoint, request.lora, request.lora_alpha, request.ema)
         self.transformer = dit_from_original(state, spec.transformer, self.dtype).to(self.device)
@@ -183,13 +197,18 @@ class Engine:
         self.sampler.cache = cache
         return cache
 
+    def _encode(self, prompt: str) -> torch.Tensor:
+        """The prompt's context [1, L, D], once, on the run's device and dtype (so the DiT's prompt cache
+        sees the same tensor at every forward)."""
+        return self.encode(prompt).to(self.device, self.dtype)
+
     def set_prompt(self, prompt: str) -> None:
         """From the next chunk on, generate under `prompt` (roles re-encode or keep recent frames as their
         policy says)."""
         if not prompt.strip():
             raise UsageError("the new prompt is empty")
         if prompt not in self.texts:
-            self.texts[prompt] = self.encode(prompt)
+            self.texts[prompt] = self._encode(prompt)
         self.pending_prompt = prompt
 
     def _switch_to_headwise(self) -> None:
@@ -264,7 +283,7 @@ def trace_lines(engine: Engine, index: int) -> list[str]:
 
 def generate(request: Request, progress: bool = True) -> Summary:
     engine = Engine(request)
-    total = video_frames(engine.latent_frames) if engine.decoder.writes_video else engine.latent_frames
+    total = engine.spec.video_frames(engine.latent_frames) if engine.decoder.writes_video else engine.latent_frames
     bar = tqdm(total=total, unit="frame", disable=not progress, desc=f"{request.policy}", dynamic_ncols=True)
     trace = open(request.trace, "w") if request.trace else None
     start = time.perf_counter()
@@ -292,7 +311,7 @@ def generate(request: Request, progress: bool = True) -> Summary:
         model=engine.spec.name,
         frames=frames,
         latent_frames=engine.latent_frames,
-        duration_s=video_frames(engine.latent_frames) / engine.spec.fps,
+        duration_s=engine.spec.video_frames(engine.latent_frames) / engine.spec.fps,
         seconds=seconds,
         fps=frames / seconds,
         peak_memory_bytes=peak_memory(engine.device),

@@ -18,7 +18,12 @@ DEFAULT_PROMPTS = (
 )
 
 
-def read_prompts(path: str | None) -> list[str]:
+def read_prompts(path: str | None, model: str = "wan2.1-1.3b") -> list[str]:
+    """A file's prompts; by default a few scenes (for the toy model: captions of its world)."""
+    if path is None and model == "toy":
+        from .toyworld import make_world
+
+        return [make_world(seed, 32).caption() for seed in range(8)]
     if path is None:
         return list(DEFAULT_PROMPTS)
     try:
@@ -59,7 +64,7 @@ def profile(args, model_args: dict) -> Path:
         if not 4 <= args.chunks <= window:
             raise UsageError(f"--chunks must be 4..{window}: statistics start at chunk 3, inside the 21-frame window")
         request = Request(prompt="", seconds=1, policy="full", latent_frames=3 * args.chunks, **model_args)
-        stats = run_profile(request, read_prompts(args.prompts), args.queries)
+        stats = run_profile(request, read_prompts(args.prompts, request.model), args.queries)
     headmap = classify(stats, args.rule)
     out.write_text(json.dumps(heads_file(headmap, stats, args.rule)))
     plot(headmap, stats, out.with_suffix(".png"))

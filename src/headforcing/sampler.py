@@ -2,7 +2,9 @@
 
 Per chunk: x = noise; for each warped timestep t_i: v = DiT(x, t_i); x0 = x - sigma(t_i) v; if not last,
 x = (1 - sigma(t_{i+1})) x0 + sigma(t_{i+1}) eps. The chunk is the last x0; one more forward of x0 at
-t = 0 writes its keys/values into the cache (5 forwards per chunk with 4 steps).
+t = 0 writes its keys/values into the cache (5 forwards per chunk with 4 steps). That re-noising solver
+suits distilled few-step models (Self Forcing's); a model trained by plain flow matching (the toy one)
+samples with Euler steps of the flow instead, x = x + (sigma_{i+1} - sigma_i) v, and the last x0.
 Latents are [B, F, C, H, W] (frames second, as in Self-Forcing); the DiT takes [B, C, F, H, W].
 """
 
@@ -22,6 +24,7 @@ class Schedule:
     steps: tuple[int, ...] = (1000, 750, 500, 250)
     shift: float = 5.0
     num_train_timesteps: int = 1000
+    solver: str = "renoise"  # Self-Forcing's: x0, then fresh noise at the next level; "euler": the flow ODE
 
     def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigmas, timesteps), float32 [num_train_timesteps], as the reference computes them."""
@@ -100,13 +103,17 @@ class ChunkSampler:
         self.cache.begin_chunk(index * self.chunk_frames, self.chunk_frames)
         text = text.to(self.device, self.dtype)
         x = noise.chunk(index, shape).to(self.device, torch.float32)
+        euler = self.schedule.solver == "euler"
         for i, (t, sigma) in enumerate(zip(self.timesteps, self.sigmas)):
             v = self.velocity(x, t, text)
             x0 = (x.double() - sigma.double() * v.double()).float()
             if i + 1 < len(self.timesteps):
                 s_next = self.sigmas[i + 1].to(self.device)
-                eps = noise.step(index, i, shape).to(self.device, torch.float32)
-                x = (1 - s_next) * x0 + s_next * eps
+                if euler:  # a step along the flow: the sample keeps its noise, so it commits to what it drew
+                    x = (x.double() + (s_next.double() - sigma.double()) * v.double()).float()
+                else:
+                    eps = noise.step(index, i, shape).to(self.device, torch.float32)
+                    x = (1 - s_next) * x0 + s_next * eps
         with self.cache.commit():
             self.velocity(x0, 0.0, text)
         return x0

@@ -39,9 +39,15 @@ def read_timeline(path: str | Path) -> list[Cue]:
     return cues
 
 
-def chunk_start_seconds(chunk: int, chunk_frames: int, fps: int) -> float:
-    """Time of a chunk's first output frame (latent frame j > 0 decodes to video frames 4j-3 .. 4j)."""
-    return 0.0 if chunk == 0 else (4 * chunk * chunk_frames - 3) / fps
+def first_video_frame(latent: int, stride: int = 4) -> int:
+    """Latent frame j > 0 decodes to video frames s(j-1)+1 .. sj for a VAE of temporal stride s (4j-3 .. 4j
+    for Wan's VAE; frame j itself for a pixel-space model, stride 1)."""
+    return 0 if latent == 0 else stride * (latent - 1) + 1
+
+
+def chunk_start_seconds(chunk: int, chunk_frames: int, fps: int, stride: int = 4) -> float:
+    """Time of a chunk's first output frame."""
+    return first_video_frame(chunk * chunk_frames, stride) / fps
 
 
 def check_timeline(cues: list[Cue], duration: float) -> None:
@@ -59,15 +65,15 @@ def check_timeline(cues: list[Cue], duration: float) -> None:
         raise UsageError(f"a prompt starts at {cues[-1].start:g} s, past the end of the {duration:.2f} s video")
 
 
-def schedule(cues: list[Cue], num_chunks: int, chunk_frames: int, fps: int) -> list[dict]:
+def schedule(cues: list[Cue], num_chunks: int, chunk_frames: int, fps: int, stride: int = 4) -> list[dict]:
     """The timeline actually applied: each cue's first chunk, video frame and time."""
     applied = []
     for cue in cues:
-        chunk = next((c for c in range(num_chunks) if chunk_start_seconds(c, chunk_frames, fps) >= cue.start - 1e-9), None)
+        chunk = next((c for c in range(num_chunks) if chunk_start_seconds(c, chunk_frames, fps, stride) >= cue.start - 1e-9), None)
         if chunk is None:
             raise UsageError(f"the prompt at {cue.start:g} s starts after the last chunk")
         if applied and chunk == applied[-1]["chunk"]:
             raise UsageError(f"prompts at {applied[-1]['requested_start']:g} s and {cue.start:g} s fall in the same chunk")
-        frame = 0 if chunk == 0 else 4 * chunk * chunk_frames - 3
+        frame = first_video_frame(chunk * chunk_frames, stride)
         applied.append(dict(prompt=cue.prompt, requested_start=cue.start, chunk=chunk, start_frame=frame, start_seconds=frame / fps))
     return applied

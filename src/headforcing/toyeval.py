@@ -1,0 +1,271 @@
+"""`headforcing toyworld eval`: long-horizon drift and forgetting of the toy model, against the world's truth.
+
+For each seed the world gives a caption (background, objects' colours and shapes); the model generates a
+video far past its 21-frame window under each cache policy; every frame is read back with the world's
+state decoder (colour segmentation) and compared with the caption in force at that frame:
+background right, background colour distance, captioned object colours found, their shapes, object count,
+spurious objects, speed of the objects (motion continuity), and, with a prompt switch, whether the new
+colour appears only after the switch and the old one goes. Per-frame values are reduced per window of 21
+frames as they come, so memory does not grow with the video. The start position and velocity are the
+model's to choose: the truth is the caption, not the world's trajectory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageError
+from .models import TOY
+from .pipeline import Engine, Request, latent_frames_for
+from .timeline import Cue, schedule
+from .toyworld import PALETTE, change_caption, decode_state, generate, make_world, pick_change
+
+WINDOW = TOY.trained_frames  # 21 frames = 5.25 s
+FRAME_METRICS = ("background_ok", "background_distance", "colour_recall", "shape_ok", "count_ok", "spurious", "speed")
+METRICS = (*FRAME_METRICS, "frozen")  # frozen: the window's mean object speed is under 0.25 px/frame
+
+
+@dataclass
+class Scene:
+    """What a seed's captions say: per cue, its first frame, caption, background and {colour: shape}."""
+
+    cues: list[tuple[float, str]]
+    truths: list[tuple[str, dict[str, str]]]
+    change: tuple[str, str] | None = None  # (old colour, new colour) at the switch
+
+    @classmethod
+    def for_seed(cls, seed: int, change_at: float | None) -> "Scene":
+        world = make_world(seed, TOY.size[0])
+        cues = [(0.0, world.caption())]
+        truths = [(world.background, {t.colour: t.shape for t in world.things})]
+        if change_at is None:
+            return cls(cues, truths)
+        index, colour = pick_change(world, seed)
+        objects = dict(truths[0][1])
+        old = world.things[index].colour
+        objects[colour] = objects.pop(old)
+        return cls(cues + [(change_at, change_caption(world, index, colour))], truths + [(world.background, objects)], (old, colour))
+
+
+def nanmean(values) -> float:
+    """Mean of the finite values; nan (quietly) when there are none."""
+    a = np.asarray(values, float)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else float("nan")
+
+
+def frame_metrics(decoded: dict, background: str, objects: dict[str, str], previous: dict | None) -> dict:
+    found = {o["colour"]: o for o in decoded["objects"]}
+    hits = [c for c in objects if c in found]
+    speeds = [np.hypot(found[c]["x"] - previous[c]["x"], found[c]["y"] - previous[c]["y"])
+              for c in hits if previous is not None and c in previous]
+    return dict(
+        background_ok=float(decoded["background"] == background),
+        background_distance=decoded["background_distance"],
+        colour_recall=len(hits) / len(objects),
+        shape_ok=np.mean([found[c]["shape"] == objects[c] for c in hits]) if hits else np.nan,
+        count_ok=float(len(found) == len(objects)),
+        spurious=float(len([c for c in found if c not in objects])),
+        speed=float(np.mean(speeds)) if speeds else np.nan,
+    )
+
+
+def read_frame(frame: np.ndarray, background: str) -> dict:
+    decoded = decode_state(frame)
+    pixels = frame.reshape(-1, 3).astype(float)
+    true_bg = np.array(PALETTE[background], float)
+    near = np.linalg.norm(pixels - true_bg, axis=1)
+    # colour distance of the frame's background area (its most common palette colour) to the true background
+    labels = np.array([PALETTE[decoded["background"]]], float)
+    mask = np.linalg.norm(pixels - labels, axis=1) < 60
+    decoded["background_distance"] = float(near[mask].mean() / 255) if mask.any() else 1.0
+    return decoded
+
+
+@dataclass
+class Track:
+    """Per-window means of the per-frame metrics (constant memory), plus switch bookkeeping."""
+
+    windows: list[dict] = field(default_factory=list)
+    current: dict = field(default_factory=lambda: {m: [] for m in FRAME_METRICS})
+    change: dict = field(default_factory=lambda: dict(new_before=[], new_after=[], old_after=[]))
+
+    def add(self, values: dict) -> None:
+        for m in FRAME_METRICS:
+            self.current[m].append(values[m])
+        if len(self.current["background_ok"]) == WINDOW:
+            self.close()
+
+    def close(self) -> None:
+        if self.current["background_ok"]:
+            window = {m: nanmean(v) for m, v in self.current.items()}
+            window["frozen"] = float(window["speed"] < 0.25) if np.isfinite(window["speed"]) else float("nan")
+            self.windows.append(window)
+            self.current = {m: [] for m in FRAME_METRICS}
+
+
+def video(policy: str, seconds: float, seed: int, scene: Scene, heads: str | None, weights: str | None,
+          solver: str | None):
+    """(frames [H, W, 3] uint8 one by one, first frame of each cue). Policy "truth": the world's own frames."""
+    cues = [Cue(t, text) for t, text in scene.cues]
+    if policy == "truth":
+        n = latent_frames_for(seconds, TOY.fps, TOY.chunk_frames, TOY.vae_stride[0])
+        starts = [c["start_frame"] for c in schedule(cues, n // TOY.chunk_frames, TOY.chunk_frames, TOY.fps, 1)]
+        frames, _, _ = generate(seed, n, TOY.size[0], change_at=starts[1] if len(starts) > 1 else None)
+        return iter(frames), starts
+    engine = Engine(Request(prompt=cues[0].prompt if len(cues) == 1 else cues, seconds=seconds, policy=policy, model="toy",
+                            seed=seed, heads=heads, toy_weights=weights, decode=True, solver=solver))
+    return (frame for _, _, chunk in engine.chunks() for frame in chunk[0].numpy()), [c["start_frame"] for c in engine.timeline]
+
+
+def run_one(policy: str, seconds: float, seed: int, scene: Scene, heads: str | None = None, weights: str | None = None,
+            keep_frames: list[int] = (), solver: str | None = None) -> tuple[Track, dict[int, np.ndarray]]:
+    frames, starts = video(policy, seconds, seed, scene, heads, weights, solver)
+    track, kept, previous, f = Track(), {}, None, 0
+    for frame in frames:
+        cue = max(i for i, s in enumerate(starts) if s <= f)
+        background, objects = scene.truths[cue]
+        decoded = read_frame(frame, background)
+        track.add(frame_metrics(decoded, background, objects, previous))
+        previous = {o["colour"]: o for o in decoded["objects"]}
+        if scene.change is not None:
+            present = set(previous)
+            old, new = scene.change
+            if cue == 0:
+                track.change["new_before"].append(new in present)
+            elif f >= starts[1] + TOY.chunk_frames:  # one chunk to turn
+                track.change["new_after"].append(new in present)
+                track.change["old_after"].append(old in present)
+        if f in keep_frames:
+            kept[f] = frame
+        f += 1
+    track.close()
+    return track, kept
+
+
+def summarise(tracks: list[Track]) -> dict:
+    """Mean over seeds of: the first window, the last window, all windows; per-seed window-1 accuracy."""
+    first = {m: nanmean([t.windows[0][m] for t in tracks]) for m in METRICS}
+    last = {m: nanmean([t.windows[-1][m] for t in tracks]) for m in METRICS}
+    every = {m: nanmean([w[m] for t in tracks for w in t.windows]) for m in METRICS}
+    seeds = dict(
+        background=float(np.mean([t.windows[0]["background_ok"] > 0.5 for t in tracks])),
+        object_colours=float(np.mean([t.windows[0]["colour_recall"] > 0.5 for t in tracks])),
+        all_object_colours=float(np.mean([t.windows[0]["colour_recall"] == 1.0 for t in tracks])),
+    )
+    out = dict(first_window=first, last_window=last, all=every, seeds_first_window=seeds)
+    if tracks[0].change["new_before"] or tracks[0].change["new_after"]:
+        out["switch"] = {k: float(np.mean([np.mean(t.change[k]) for t in tracks if t.change[k]])) for k in tracks[0].change}
+    return out
+
+
+def evaluate(policies: list[str], durations: list[float], seeds: int, out: str, heads: str | None = None,
+             weights: str | None = None, change_at: float | None = None, solver: str | None = None,
+             progress=print) -> dict:
+    if seeds < 1:
+        raise UsageError(f"--seeds must be at least 1, got {seeds}")
+    if change_at is not None and not 0 < change_at < min(durations):
+        raise UsageError(f"--change-at must fall inside every duration (0..{min(durations):g} s), got {change_at:g}")
+    out_dir = Path(out)
+    results, curves, strips = [], {}, {}
+    for seconds in durations:
+        show = [int(s * TOY.fps) for s in sorted({0.0, 5.0, 30.0, seconds / 2, seconds - 1 / TOY.fps}) if s < seconds]
+        for policy in policies:
+            tracks = []
+            for seed in range(seeds):
+                scene = Scene.for_seed(seed, change_at)
+                track, kept = run_one(policy, seconds, seed, scene, heads if policy == "headforcing" else None, weights,
+                                      show if seed == 0 else (), solver)
+                tracks.append(track)
+                if seed == 0:
+                    strips[(seconds, policy)] = kept
+            progress(f"{policy} {seconds:g} s x {seeds} seeds done")
+            row = dict(policy=policy, seconds=seconds, seeds=seeds, **summarise(tracks))
+            results.append(row)
+            curves[(seconds, policy)] = tracks
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = dict(policies=policies, durations=durations, seeds=seeds, change_at=change_at, heads=heads,
+                  weights=weights or "shipped", solver=solver or TOY.schedule.solver, results=results)
+    (out_dir / "toyworld.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "toyworld.md").write_text(table(results))
+    write_curves(curves, out_dir)
+    write_strips(strips, out_dir)
+    return report
+
+
+def table(results: list[dict]) -> str:
+    head = ("| policy | video | window 1: bg / obj colours / shapes / count | last window: bg / obj colours / shapes / count "
+            "| bg distance first→last | speed first→last (px/frame) | frozen last | spurious last |")
+    lines = [head, "|" + "---|" * 8]
+    for r in results:
+        a, b = r["first_window"], r["last_window"]
+        lines.append(
+            f"| {r['policy']} | {r['seconds']:g} s | {a['background_ok']:.2f} / {a['colour_recall']:.2f} / {a['shape_ok']:.2f} / "
+            f"{a['count_ok']:.2f} | {b['background_ok']:.2f} / {b['colour_recall']:.2f} / {b['shape_ok']:.2f} / {b['count_ok']:.2f} "
+            f"| {a['background_distance']:.3f} → {b['background_distance']:.3f} | {a['speed']:.2f} → {b['speed']:.2f} "
+            f"| {b['frozen']:.2f} | {b['spurious']:.2f} |")
+    lines += ["", "| policy | video | share of seeds, window 1: background right on most frames / over half the object colours found on average / all found on every frame |",
+              "|---|---|---|"]
+    lines += [f"| {r['policy']} | {r['seconds']:g} s | {r['seeds_first_window']['background']:.2f} / "
+              f"{r['seeds_first_window']['object_colours']:.2f} / {r['seeds_first_window']['all_object_colours']:.2f} |" for r in results]
+    if any("switch" in r for r in results):
+        lines += ["", "| policy | video | new colour before switch | new colour after | old colour after |", "|---|---|---|---|---|"]
+        lines += [f"| {r['policy']} | {r['seconds']:g} s | {r['switch']['new_before']:.2f} | {r['switch']['new_after']:.2f} "
+                  f"| {r['switch']['old_after']:.2f} |" for r in results if "switch" in r]
+    return "\n".join(lines) + "\n"
+
+
+def write_curves(curves: dict, out_dir: Path) -> None:
+    """Per duration, one PNG: each metric over time (window means over seeds), a line per policy; and a CSV."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = ("background_ok", "colour_recall", "shape_ok", "count_ok", "background_distance", "speed")
+    for seconds in sorted({s for s, _ in curves}):
+        fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+        rows = []
+        for (s, policy), tracks in curves.items():
+            if s != seconds:
+                continue
+            n = len(tracks[0].windows)
+            t = (np.arange(n) + 0.5) * WINDOW / TOY.fps
+            for ax, m in zip(axes.ravel(), shown):
+                y = [nanmean([tr.windows[i][m] for tr in tracks]) for i in range(n)]
+                ax.plot(t, y, label=policy)
+                ax.set_title(m.replace("_", " "))
+                ax.set_xlabel("seconds")
+                rows += [dict(policy=policy, metric=m, seconds=round(float(ti), 3), value=float(yi)) for ti, yi in zip(t, y)]
+        axes[0, 0].legend()
+        fig.suptitle(f"toy world, {seconds:g} s videos (means over seeds, per 21-frame window)")
+        fig.tight_layout()
+        fig.savefig(out_dir / f"curves_{seconds:g}s.png", dpi=80)
+        plt.close(fig)
+        with open(out_dir / f"curves_{seconds:g}s.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, ["policy", "metric", "seconds", "value"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def write_strips(strips: dict, out_dir: Path, scale: int = 3) -> None:
+    """Per duration, one PNG of seed 0: a row per policy, frames at 0, 5, 30 s, the middle and the end."""
+    import cv2
+
+    for seconds in sorted({s for s, _ in strips}):
+        rows = []
+        for (s, policy), kept in strips.items():
+            if s != seconds:
+                continue
+            tiles = [np.pad(kept[f], ((1, 1), (1, 1), (0, 0)), constant_values=255) for f in sorted(kept)]
+            row = np.concatenate(tiles, axis=1).repeat(scale, 0).repeat(scale, 1)
+            label = np.full((row.shape[0], 150, 3), 255, np.uint8)
+            cv2.putText(label, policy, (4, row.shape[0] // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+            rows.append(np.concatenate([label, row], axis=1))
+        grid = np.concatenate(rows, axis=0)
+        cv2.imwrite(str(out_dir / f"frames_{seconds:g}s.png"), grid[..., ::-1])

@@ -1,0 +1,105 @@
+"""The toy-world model's word encoder and its shipped weights (the DiT's shape is models.TOY).
+
+Pixels, not a learned autoencoder: a 32x32 frame in 4x4 patches is 64 tokens, as cheap as any latent
+would make it, and there is no decoder to train or to blame. A "latent frame" is then a video frame
+(temporal stride 1); 4 frames a second make the 21-frame window 5.25 s, as Wan's 21 latent frames are.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import torch
+from torch import nn
+
+from .errors import UsageError
+from .models import TOY, ModelSpec, build_transformer
+from .toyworld import PALETTE, SHAPES
+
+WORDS = ["a", "and", ",", "bounce", "bounces", "on", "background", *PALETTE, *SHAPES]
+VOCAB = ["<pad>", "<unk>", *WORDS]
+
+WEIGHTS = "toy.safetensors"  # in headforcing/weights/, with toy.json (how it was trained)
+
+
+def tokenize(prompt: str, text_len: int) -> tuple[list[int], list[str]]:
+    """Word ids (unknown words -> <unk>), truncated to text_len; and the unknown words."""
+    words = prompt.lower().replace(",", " , ").split()[:text_len]
+    index = {w: i for i, w in enumerate(VOCAB)}
+    return [index.get(w, 1) for w in words], [w for w in words if w not in index]
+
+
+class WordEncoder(nn.Module):
+    """Word embeddings + positions + one transformer layer: "a red circle and a blue square" is not the
+    same as "a blue circle and a red square" (a bag of words would be). Output [B, text_len, dim], zero past
+    the prompt's length, like Wan's umT5 context."""
+
+    def __init__(self, dim: int = 64, text_len: int = 24):
+        super().__init__()
+        self.text_len = text_len
+        self.embed = nn.Embedding(len(VOCAB), dim)
+        self.position = nn.Parameter(torch.randn(text_len, dim) * 0.02)
+        self.layer = nn.TransformerEncoderLayer(dim, 4, 2 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # ids [B, text_len] (0-padded), lengths [B]
+        pad = torch.arange(self.text_len, device=ids.device)[None] >= lengths[:, None]  # [B, L]
+        x = self.embed(ids) + self.position
+        x = self.norm(self.layer(x, src_key_padding_mask=pad))
+        return x.masked_fill(pad[..., None], 0.0)  # [B, L, dim]
+
+    def batch(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.zeros(len(prompts), self.text_len, dtype=torch.long)
+        lengths = torch.zeros(len(prompts), dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            words, _ = tokenize(prompt, self.text_len)
+            ids[i, : len(words)] = torch.tensor(words, dtype=torch.long)
+            lengths[i] = len(words)
+        return ids, lengths
+
+
+class ToyTextEncoder:
+    """prompt -> [1, text_len, text_dim] context from the shipped word encoder."""
+
+    def __init__(self, words: WordEncoder):
+        self.words = words.eval()
+
+    @torch.no_grad()
+    def __call__(self, prompt: str) -> torch.Tensor:
+        _, unknown = tokenize(prompt, self.words.text_len)
+        if unknown:
+            print(f"note: the toy model knows only its grammar's words; ignoring {', '.join(sorted(set(unknown)))}")
+        return self.words(*self.words.batch([prompt]))
+
+
+def build_word_encoder(spec: ModelSpec = TOY) -> WordEncoder:
+    return WordEncoder(spec.transformer["text_dim"], spec.text_len)
+
+
+def save_toy(path: str, transformer, words: WordEncoder, info: dict) -> None:
+    """One safetensors file (DiT under `transformer.`, word encoder under `words.`) and a JSON beside it."""
+    from safetensors.torch import save_file
+
+    state = {f"transformer.{k}": v.detach().float().contiguous() for k, v in transformer.state_dict().items()}
+    state |= {f"words.{k}": v.detach().float().contiguous() for k, v in words.state_dict().items()}
+    save_file(state, path)
+    with open(str(path).removesuffix(".safetensors") + ".json", "w") as f:
+        json.dump(info, f, indent=1)
+
+
+def load_toy(path: str | None = None):
+    """(DiT, WordEncoder) with the shipped weights, or those at `path`."""
+    from safetensors.torch import load_file
+
+    if path is None:
+        ref = resources.files("headforcing") / "weights" / WEIGHTS
+        if not ref.is_file():
+            raise UsageError(f"the toy model's weights are missing from the package ({WEIGHTS}); reinstall headforcing")
+        path = str(ref)
+    state = load_file(path)
+    transformer, words = build_transformer(TOY), build_word_encoder()
+    transformer.load_state_dict({k[12:]: v for k, v in state.items() if k.startswith("transformer.")})
+    words.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("words.")})
+    return transformer.eval(), words.eval()

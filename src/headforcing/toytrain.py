@@ -1,0 +1,185 @@
+"""Train the toy-world model: teacher forcing with diffusion-forcing noise, chunk-wise causal, 21 frames.
+
+One clip = 7 chunks of 3 frames. A random first noisy chunk k: chunks before it are clean (the context the
+engine's commit pass gives at sampling), chunks from k on each get their own noise level; a block-causal
+mask lets a chunk see itself and the chunks before it; the flow-matching loss is on the noisy chunks. Half of
+the clips have k = 0 (no clean context), so the caption, not the past, must carry the scene. A fifth of the
+clips change one object's colour at a chunk boundary; chunks from there on attend to the new caption only.
+
+Noise levels are drawn with shift 8 (plus 30% uniform): in pixel space the scene's colours are decided at
+sigma > 0.9, which the usual logit-normal almost never samples. Seeded and deterministic on one machine;
+constant learning rate after warm-up, so the checkpoint at step k is the run with --steps k.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .models import build_transformer
+from .toymodel import TOY, build_word_encoder, save_toy
+from .toyworld import generate
+
+CHUNKS = TOY.trained_frames // TOY.chunk_frames  # 7
+
+
+class MaskedAttn:
+    """Training processor: attn1 with RoPE, block-causal (one SDPA per chunk of queries over the keys up
+    to its end: no mask, 43% less work than masking); attn2 with the per-token caption mask in `holder`."""
+
+    def __init__(self, holder: dict, chunk_tokens: int | None = None):
+        self.holder, self.chunk_tokens = holder, chunk_tokens
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        q, k, v = (t.unflatten(2, (attn.heads, -1)) for t in (q, k, v))  # [B, S, H, D]
+        if rotary_emb is not None:
+            q, k = rope(q, *rotary_emb), rope(k, *rotary_emb)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, D]
+        if self.chunk_tokens is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.holder["cross"])
+        else:
+            n = self.chunk_tokens
+            out = torch.cat([F.scaled_dot_product_attention(q[:, :, a : a + n], k[:, :, : a + n], v[:, :, : a + n])
+                             for a in range(0, q.shape[2], n)], dim=2)
+        return attn.to_out[0](out.transpose(1, 2).flatten(2))
+
+
+class UniqueTimesteps(torch.nn.Module):
+    """Wraps Wan's condition embedder: per-token timesteps take few values (one per chunk), so embed each
+    value once and index (the time MLP on every token cost a third of the step)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, timestep, encoder_hidden_states, image=None, timestep_seq_len=None):
+        values, index = torch.unique(timestep, return_inverse=True)  # timestep [B*S] -> values [U]
+        temb, proj, context, _ = self.inner(values, encoder_hidden_states, image)
+        return temb[index].unflatten(0, (-1, timestep_seq_len)), proj[index].unflatten(0, (-1, timestep_seq_len)), context, None
+
+
+def rope(x, cos, sin):
+    """diffusers' interleaved rotation (cos/sin [1, S, 1, D])."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos[..., 0::2], sin[..., 1::2]
+    return torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).flatten(-2)
+
+
+def for_training(model, chunk_tokens: int) -> dict:
+    """Swap in the training processors and the timestep embedder; returns the dict that holds the caption
+    mask ("cross": [B, 1, S, L'] bool) for each forward."""
+    holder = {}
+    for block in model.blocks:
+        block.attn1.set_processor(MaskedAttn(holder, chunk_tokens))
+        block.attn2.set_processor(MaskedAttn(holder))
+    model.condition_embedder = UniqueTimesteps(model.condition_embedder)
+    return holder
+
+
+def sample_sigmas(rng: np.random.Generator, n: int, shift: float = 8.0) -> np.ndarray:
+    u = rng.uniform(0.02, 1.0, n)
+    shifted = shift * u / (1 + (shift - 1) * u)
+    return np.where(rng.uniform(size=n) < 0.3, u, shifted)
+
+
+def make_batch(step: int, batch: int, seed: int, words, size: int):
+    """Clips [B, 21, 3, H, W] in [-1, 1], per-chunk sigma [B, 7] (0 = clean), and the caption context
+    [B, 2 L, D] with its per-token mask [B, 1, S, 2 L]."""
+    rng = np.random.default_rng([seed, step])
+    frames, sigmas, before, after, change = [], [], [], [], []
+    for i in range(batch):
+        change_chunk = int(rng.integers(1, CHUNKS)) if rng.uniform() < 0.2 else CHUNKS
+        clip, _, captions = generate(int(rng.integers(2**31)), TOY.trained_frames, size,
+                                     change_at=change_chunk * TOY.chunk_frames if change_chunk < CHUNKS else None)
+        frames.append(clip)
+        before.append(captions[0][1])
+        after.append(captions[-1][1])
+        change.append(change_chunk)
+        first_noisy = 0 if rng.uniform() < 0.5 else int(rng.integers(0, CHUNKS))
+        s = sample_sigmas(rng, CHUNKS)
+        s[:first_noisy] = 0.0
+        sigmas.append(s)
+    x = torch.from_numpy(np.stack(frames)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
+    ids, lengths = words.batch(before + after)
+    tokens = (size // 4) ** 2
+    chunk_of_token = torch.arange(TOY.trained_frames).repeat_interleave(tokens) // TOY.chunk_frames  # [S]
+    L = words.text_len
+    second = chunk_of_token[None, :] >= torch.tensor(change)[:, None]  # [B, S]: token sees the new caption
+    slot = torch.arange(2 * L)[None, None, :] >= L  # [1, 1, 2L]
+    text_mask = (slot == second[..., None])[:, None]  # [B, 1, S, 2L]
+    return x, torch.from_numpy(np.stack(sigmas)).float(), (ids, lengths), text_mask
+
+
+def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3, warmup: int = 200,
+          ema_decay: float = 0.999, save_every: int = 500, log=print) -> Path:
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True)
+    size = TOY.size[0]
+    model = build_transformer(TOY, seed).train().requires_grad_(True)
+    words = build_word_encoder().train()
+    tokens = (size // 4) ** 2
+    holder = for_training(model, TOY.chunk_frames * tokens)
+    params = list(model.parameters()) + list(words.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
+    ema = [p.detach().clone() for p in params]
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start, losses = time.perf_counter(), []
+    for step in range(1, steps + 1):
+        x0, sigma, (ids, lengths), text_mask = make_batch(step, batch, seed, words, size)
+        holder["cross"] = text_mask
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        eps = torch.randn(x0.shape, generator=gen)
+        s = sigma.repeat_interleave(TOY.chunk_frames, dim=1)[:, :, None, None, None]  # [B, 21, 1, 1, 1]
+        xt = (1 - s) * x0 + s * eps
+        context = words(ids, lengths)  # [2B, L, D]
+        context = torch.cat([context[:batch], context[batch:]], dim=1)  # [B, 2L, D]
+        timestep = (sigma * 1000).repeat_interleave(TOY.chunk_frames * tokens, dim=1)  # [B, S]
+        v = model(hidden_states=xt.permute(0, 2, 1, 3, 4), timestep=timestep, encoder_hidden_states=context,
+                  return_dict=False)[0].permute(0, 2, 1, 3, 4)
+        noisy = (s > 0).float()
+        loss = (((v - (eps - x0)) ** 2) * noisy).sum() / (noisy.sum() * x0[0, 0].numel())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, step / warmup)
+        opt.step()
+        with torch.no_grad():
+            decay = min(ema_decay, (1 + step) / (10 + step))
+            for e, p in zip(ema, params):
+                e.lerp_(p.detach(), 1 - decay)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            elapsed = time.perf_counter() - start
+            log(f"step {step} loss {np.mean(losses[-50:]):.4f} {step / elapsed:.2f} steps/s {elapsed / 60:.1f} min")
+        if step % save_every == 0 or step == steps:
+            save_checkpoint(out_dir / f"step{step:06d}.safetensors", model, words, params, ema, dict(
+                steps=step, batch=batch, seed=seed, lr=lr, warmup=warmup, ema_decay=ema_decay,
+                minutes=round((time.perf_counter() - start) / 60, 1), loss=float(np.mean(losses[-50:])),
+                machine=f"{platform.machine()} {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}",
+                torch=torch.__version__, config=TOY.transformer, text_len=TOY.text_len))
+    return out_dir / f"step{steps:06d}.safetensors"
+
+
+def save_checkpoint(path: Path, model, words, params, ema, info: dict) -> None:
+    """The EMA weights, with the default attention processors (as the engine expects them)."""
+    ema_model, ema_words = copy.deepcopy(model), copy.deepcopy(words)
+    ema_model.condition_embedder = ema_model.condition_embedder.inner
+    shadow = list(ema_model.parameters()) + list(ema_words.parameters())
+    with torch.no_grad():
+        for dst, src in zip(shadow, ema):
+            dst.copy_(src)
+    save_toy(str(path), ema_model, ema_words, info)
+

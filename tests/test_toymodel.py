@@ -1,0 +1,202 @@
+"""The toy-world model: training computes what the engine computes, the shipped weights load and draw the
+captioned scene, and the long-horizon benchmark's measurements are right on the world's own frames."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from headforcing.cache.headwise import HeadwiseCache
+from headforcing.cache.policy import preset
+from headforcing.cli import main
+from headforcing.models import TOY, build_transformer
+from headforcing.pipeline import Engine, Request, latent_frames_for
+from headforcing.sampler import ChunkSampler
+from headforcing.timeline import Cue
+from headforcing.toyeval import Scene, frame_metrics, read_frame, run_one
+from headforcing.toymodel import ToyTextEncoder, build_word_encoder, load_toy, tokenize
+from headforcing.toytrain import for_training, make_batch, train
+from headforcing.toyworld import PALETTE, decode_state, generate, make_world
+from headforcing.video import count_frames
+
+TOKENS = (TOY.size[0] // 4) ** 2  # 64 per frame
+
+
+def test_training_forward_is_the_engines_chunkwise_computation():
+    """Clean context at t = 0 and a noisy chunk, through the block-causal training forward, give the same
+    flow prediction as the engine committing the context chunk by chunk and then sampling the chunk."""
+    torch.manual_seed(0)
+    model = build_transformer(TOY, seed=1)
+    trainee = copy.deepcopy(model)
+    holder = for_training(trainee, TOY.chunk_frames * TOKENS)
+    frames = torch.randn(1, 12, 3, 32, 32)  # 3 clean chunks + 1 noisy one, [B, F, C, H, W]
+    context = torch.randn(1, TOY.text_len, TOY.transformer["text_dim"])
+    t = 700.0
+
+    policy = preset("full", 3, 21)
+    cache = HeadwiseCache(policy, policy.resolve_headmap(4, 4), TOY.head_dim, 12, 3)
+    cache.install(model)
+    sampler = ChunkSampler(model, cache, TOY.schedule, 3)
+    sampler.start(1, (3, 32, 32))
+    with torch.no_grad():
+        for i in range(3):
+            cache.begin_chunk(3 * i, 3)
+            with cache.commit():
+                sampler.velocity(frames[:, 3 * i : 3 * i + 3], 0.0, context)
+        cache.begin_chunk(9, 3)
+        engine_v = sampler.velocity(frames[:, 9:], t, context)
+
+        holder["cross"] = torch.ones(1, 1, 12 * TOKENS, TOY.text_len, dtype=torch.bool)
+        timestep = torch.cat([torch.zeros(9 * TOKENS), torch.full((3 * TOKENS,), t)])[None]
+        train_v = trainee(hidden_states=frames.permute(0, 2, 1, 3, 4), timestep=timestep, encoder_hidden_states=context,
+                          return_dict=False)[0].permute(0, 2, 1, 3, 4)
+    assert (train_v[:, 9:] - engine_v).abs().max() < 1e-4
+    # and the mask is causal: changing the last chunk leaves the first three untouched
+    changed = frames.clone()
+    changed[:, 9:] += 1
+    with torch.no_grad():
+        again = trainee(hidden_states=changed.permute(0, 2, 1, 3, 4), timestep=timestep, encoder_hidden_states=context,
+                        return_dict=False)[0].permute(0, 2, 1, 3, 4)
+    assert torch.equal(again[:, :9], train_v[:, :9]) and not torch.allclose(again[:, 9:], train_v[:, 9:])
+
+
+def test_caption_switch_mask_and_clean_context_in_a_batch():
+    words = build_word_encoder()
+    x, sigma, (ids, lengths), text_mask = make_batch(3, 16, 0, words, 32)
+    assert x.shape == (16, 21, 3, 32, 32) and -1 <= x.min() and x.max() <= 1
+    assert sigma.shape == (16, 7) and (sigma >= 0).all() and (sigma <= 1).all()
+    for b in range(16):  # clean chunks come first, then noisy ones
+        s = sigma[b].tolist()
+        assert s == sorted(s, key=lambda v: v > 0)
+    L = words.text_len
+    sees_second = text_mask[:, 0, :, L:].any(-1)  # [B, S]
+    assert torch.equal(text_mask[:, 0].sum(-1), torch.full((16, 21 * TOKENS), L))  # one caption per token
+    switched = [b for b in range(16) if sees_second[b].any()]
+    for b in switched:  # from a chunk boundary to the end
+        first = int(sees_second[b].float().argmax())
+        assert first % (3 * TOKENS) == 0 and sees_second[b, first:].all()
+    assert 0 < len(switched) < 16
+
+
+def test_training_is_seeded_and_writes_a_loadable_checkpoint(tmp_path):
+    a = train(str(tmp_path / "a"), 2, batch=2, save_every=1, log=lambda m: None)
+    b = train(str(tmp_path / "b"), 2, batch=2, save_every=1, log=lambda m: None)
+    ta, wa = load_toy(str(a))
+    tb, wb = load_toy(str(b))
+    assert all(torch.equal(p, q) for p, q in zip(ta.state_dict().values(), tb.state_dict().values()))
+    info = json.loads(a.with_suffix(".json").read_text())
+    assert info["steps"] == 2 and info["seed"] == 0 and "minutes" in info and "machine" in info
+    fresh = build_transformer(TOY)
+    assert not all(torch.equal(p, q) for p, q in zip(ta.state_dict().values(), fresh.state_dict().values()))
+
+
+def test_word_order_matters_and_unknown_words_are_named(capsys):
+    encode = ToyTextEncoder(load_toy()[1])
+    a = encode("a red circle and a blue square bounce on a green background")
+    b = encode("a blue circle and a red square bounce on a green background")
+    assert a.shape == (1, TOY.text_len, 64) and not torch.allclose(a, b)
+    assert tokenize("a red zebra", 24)[1] == ["zebra"]
+    encode("a red zebra")
+    assert "zebra" in capsys.readouterr().out
+
+
+def test_toy_video_length_and_timeline_frames():
+    assert latent_frames_for(60, TOY.fps, 3, 1) == 240 and TOY.video_frames(240) == 240
+    cues = [Cue(0, "a red circle bounces on a blue background"), Cue(3.0, "a green circle bounces on a blue background")]
+    engine = Engine(Request(prompt=cues, seconds=6))
+    assert engine.latent_frames == 24 and engine.timeline[1]["start_frame"] == 12 and engine.timeline[1]["start_seconds"] == 3.0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_shipped_model_draws_the_captioned_scene(seed):
+    """Inside its window the shipped model gets the background of the caption right (a broken or random
+    model does not: chance is 1 in 8), and the captioned object colours on most frames."""
+    world = make_world(seed, 32)
+    engine = Engine(Request(prompt=world.caption(), seconds=5.25, policy="self-forcing", seed=seed, decode=True))
+    frames = np.concatenate([f[0].numpy() for _, _, f in engine.chunks()])
+    assert frames.shape == (21, 32, 32, 3)
+    states = [decode_state(f) for f in frames]
+    assert np.mean([s["background"] == world.background for s in states]) > 0.9
+    colours = {t.colour for t in world.things}
+    assert np.mean([len(colours & {o["colour"] for o in s["objects"]}) / len(colours) for s in states]) > 0.5
+
+
+def test_generate_defaults_to_the_toy_model(tmp_path, capsys):
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--prompt", "a red circle bounces on a blue background", "--seconds", "3", "--out", str(out), "--quiet"]) == 0
+    assert count_frames(out) == 12
+    printed = capsys.readouterr().out
+    assert "toy-world model" in printed and "real weights" in printed
+
+
+def apart(states) -> bool:
+    """No two objects' boxes touch on any frame (so none hides another)."""
+    return not any(abs(a["x"] - b["x"]) < a["r"] + b["r"] + 1 and abs(a["y"] - b["y"]) < a["r"] + b["r"] + 1
+                   for s in states for i, a in enumerate(s["objects"]) for b in s["objects"][i + 1 :])
+
+
+def test_benchmark_measures_the_truth_perfectly_on_the_worlds_own_frames():
+    checked = 0
+    for seed in range(16):
+        _, states, captions = generate(seed, 42, 32, change_at=21)
+        scene = Scene.for_seed(seed, 5.25)  # the switch at frame 21, as generate's change_at=21
+        assert [c[1] for c in scene.cues] == [c[1] for c in captions]
+        track, _ = run_one("truth", 10.5, seed, scene)
+        assert len(track.windows) == 2
+        for w in track.windows:
+            assert w["background_ok"] == 1 and w["background_distance"] < 1e-6 and w["spurious"] == 0
+        assert track.change["new_before"] and not any(track.change["new_before"])
+        if not apart(states):
+            continue  # an object may hide another: colours can go missing, truthfully
+        checked += 1
+        true_speed = np.mean([np.hypot(t.vx, t.vy) for t in make_world(seed, 32).things])
+        for w in track.windows:
+            assert w["colour_recall"] == 1 and w["shape_ok"] == 1 and w["count_ok"] == 1
+            assert abs(w["speed"] - true_speed) < 0.5 and w["frozen"] == 0
+        assert all(track.change["new_after"]) and not any(track.change["old_after"])
+    assert checked >= 3
+
+
+def test_benchmark_sees_a_wrong_background_and_a_lost_object():
+    frames, _, _ = generate(4, 1, 32, objects=2)
+    scene = Scene.for_seed(4, None)
+    world = make_world(4, 32, objects=2)
+    background, objects = world.background, {t.colour: t.shape for t in world.things}
+    other = next(c for c in PALETTE if c != background and c not in objects)
+    frame = frames[0].copy()
+    frame[(frame == PALETTE[background]).all(-1)] = PALETTE[other]  # the background turned
+    m = frame_metrics(read_frame(frame, background), background, objects, None)
+    assert m["background_ok"] == 0 and m["background_distance"] > 0.2
+    frame = frames[0].copy()
+    lost = next(iter(objects))
+    frame[(frame == PALETTE[lost]).all(-1)] = PALETTE[background]  # an object vanished
+    m = frame_metrics(read_frame(frame, background), background, objects, None)
+    assert m["colour_recall"] == 0.5 and m["count_ok"] == 0 and m["background_ok"] == 1
+    assert scene.truths  # the scene of a seed is the world of that seed
+
+
+def test_toyworld_eval_cli(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["toyworld", "eval", "--policies", "self-forcing,longlive", "--seconds", "6", "--seeds", "1",
+                 "--change-at", "3", "--out", str(out)]) == 0
+    report = json.loads((out / "toyworld.json").read_text())
+    assert [r["policy"] for r in report["results"]] == ["self-forcing", "longlive"]
+    assert set(report["results"][0]["switch"]) == {"new_before", "new_after", "old_after"}
+    for name in ("toyworld.md", "curves_6s.png", "curves_6s.csv", "frames_6s.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| self-forcing | 6 s |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0"], "--seeds"),
+    (["--seconds", "6,x"], "--seconds"),
+    (["--policies", "nope"], "unknown policy"),
+    (["--change-at", "9"], "--change-at"),
+])
+def test_toyworld_eval_bad_input(args, message, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["toyworld", "eval", "--seconds", "6", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not out.exists()
