@@ -77,6 +77,7 @@ BAD = {
     "zero seconds": (["--seconds", "0"], "--seconds must be a positive number"),
     "negative seconds": (["--seconds", "-3"], "--seconds must be a positive number"),
     "size": (["--size", "100x64"], "multiples of 16"),
+    "toy size": (["--size", "30x32", "--model", "toy"], "multiples of 4"),
     "size syntax": (["--size", "big"], "size must be WIDTHxHEIGHT"),
     "full too long": (["--policy", "full", "--seconds", "20"], "valid only inside the trained window"),
     "empty prompt": (["--prompt", " "], "--prompt is empty"),
@@ -94,7 +95,7 @@ BAD = {
 def test_bad_input_one_line_exit_2_no_file(case, tmp_path, capsys):
     extra, message = BAD[case]
     out = tmp_path / "v.mp4"
-    args = ["generate", "--seconds", "1", "--out", str(out), "--quiet"]
+    args = ["generate", "--model", "tiny", "--seconds", "1", "--out", str(out), "--quiet"]
     if "--prompt" not in extra:
         args += ["--prompt", "x"]
     assert exit_code(args + extra) == 2
@@ -115,7 +116,7 @@ def test_bad_input_one_line_exit_2_no_file(case, tmp_path, capsys):
 def test_malformed_headmap(roles, message, tmp_path, capsys):
     heads = bad_headmap(tmp_path, roles)
     out = tmp_path / "v.mp4"
-    assert main(["generate", "--prompt", "x", "--seconds", "1", "--heads", heads, "--out", str(out), "--quiet"]) == 2
+    assert main(["generate", "--model", "tiny", "--prompt", "x", "--seconds", "1", "--heads", heads, "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert not out.exists()

@@ -109,18 +109,21 @@ def test_toy_video_length_and_timeline_frames():
     assert engine.latent_frames == 24 and engine.timeline[1]["start_frame"] == 12 and engine.timeline[1]["start_seconds"] == 3.0
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_shipped_model_draws_the_captioned_scene(seed):
-    """Inside its window the shipped model gets the background of the caption right (a broken or random
-    model does not: chance is 1 in 8), and the captioned object colours on most frames."""
-    world = make_world(seed, 32)
-    engine = Engine(Request(prompt=world.caption(), seconds=5.25, policy="self-forcing", seed=seed, decode=True))
-    frames = np.concatenate([f[0].numpy() for _, _, f in engine.chunks()])
-    assert frames.shape == (21, 32, 32, 3)
-    states = [decode_state(f) for f in frames]
-    assert np.mean([s["background"] == world.background for s in states]) > 0.9
-    colours = {t.colour for t in world.things}
-    assert np.mean([len(colours & {o["colour"] for o in s["objects"]}) / len(colours) for s in states]) > 0.5
+def test_shipped_model_draws_the_captioned_scene():
+    """Inside its window the shipped model draws the caption's background on (nearly) every frame of every
+    seed (chance: 1 in 8), and the caption's object colours far more often than another seed's caption's
+    colours are found in the same frames (docs/TOYWORLD.md: 57% over 50 seeds)."""
+    own, other = [], []
+    for seed in range(6):
+        world, stranger = make_world(seed, 32), make_world(seed + 100, 32)
+        engine = Engine(Request(prompt=world.caption(), seconds=5.25, policy="self-forcing", seed=seed, decode=True))
+        frames = np.concatenate([f[0].numpy() for _, _, f in engine.chunks()])
+        assert frames.shape == (21, 32, 32, 3)
+        states = [decode_state(f) for f in frames]
+        assert np.mean([s["background"] == world.background for s in states]) > 0.9
+        for colours, out in (({t.colour for t in world.things}, own), ({t.colour for t in stranger.things}, other)):
+            out += [len(colours & {o["colour"] for o in s["objects"]}) / len(colours) for s in states]
+    assert np.mean(own) > 0.4 and np.mean(own) > np.mean(other) + 0.2, (np.mean(own), np.mean(other))
 
 
 def test_generate_defaults_to_the_toy_model(tmp_path, capsys):

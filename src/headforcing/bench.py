@@ -16,27 +16,30 @@ from .pipeline import Engine, Request, peak_memory
 from .sampler import SeededNoise
 
 
-def forward_flops(config: dict, tokens: int, text_len: int, groups: list[tuple[int, int]]) -> float:
+def forward_flops(config: dict, tokens: int, text_len: int, groups: list[tuple[int, int]], text_kv: bool = True) -> float:
     """Multiply-add FLOPs (x2) of one DiT forward over `tokens` query tokens; groups: (heads, key tokens)
-    of each role group's attention; the text is `text_len` tokens."""
+    of each role group's attention; the text is `text_len` tokens, its cross-attention K/V projected in this
+    forward if `text_kv` (not when the prompt cache holds them)."""
     hd, H, L = config["attention_head_dim"], config["num_attention_heads"], config["num_layers"]
     d, f, s = hd * H, config["ffn_dim"], tokens
     self_proj = 4 * 2 * s * d * d  # q, k, v, out
     self_attn = sum(2 * 2 * s * keys * hd * heads for heads, keys in groups)  # QK^T and AV
-    cross = 2 * 2 * s * d * d + 2 * 2 * text_len * d * d + 2 * 2 * s * text_len * d  # q, out; k, v; attention
+    text = 2 * 2 * text_len * d * d if text_kv else 0  # k, v of the prompt
+    cross = 2 * 2 * s * d * d + text + 2 * 2 * s * text_len * d  # q, out; k, v; attention
     ffn = 2 * 2 * s * d * f
     return float(L * (self_proj + self_attn + cross + ffn))
 
 
 def chunk_flops(engine: Engine) -> float:
-    """FLOPs of the next chunk's forwards (denoising steps + the commit pass), from the cache as it stands."""
+    """FLOPs of the next chunk's forwards (denoising steps + the commit pass), from the cache as it stands
+    (the prompt's cross-attention K/V are cached, so not counted)."""
     T = engine.cache.rope.tokens_per_frame
     C = engine.spec.chunk_frames
     forwards = len(engine.sampler.timesteps) + 1
     total = 0.0
     for layer in engine.cache.layers:  # per layer: its own groups (their sizes can differ by layer)
         groups = [(len(s.heads), (len(s.frames) + C) * T) for s in layer.stores]
-        total += forward_flops({**engine.spec.transformer, "num_layers": 1}, C * T, engine.spec.text_len, groups)
+        total += forward_flops({**engine.spec.transformer, "num_layers": 1}, C * T, engine.spec.text_len, groups, text_kv=False)
     return forwards * total
 
 

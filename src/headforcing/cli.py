@@ -99,6 +99,7 @@ def build_parser() -> Parser:
     tr.add_argument("--lr", type=float, default=1e-3)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--save-every", type=int, default=250)
+    tr.add_argument("--device", default="cpu", help="cpu or cuda (a lent GPU trains a larger budget in minutes)")
     te = toy_sub.add_parser("eval", help="generate far past the window per policy; decode the world state; compare with the captions")
     te.add_argument("--out", required=True, help="folder for toyworld.json, toyworld.md, curves and frames")
     te.add_argument("--policies", default="self-forcing,longlive,infinity-rope,headforcing",
@@ -236,7 +237,7 @@ def run_toyworld(args) -> int:
         if args.steps < 1 or args.batch < 1:
             raise UsageError("--steps and --batch must be at least 1")
         last = train(args.out, args.steps, args.batch, args.seed, args.lr, save_every=args.save_every,
-                     log=lambda m: print(m, flush=True))
+                     log=lambda m: print(m, flush=True), device=args.device)
         print(f"wrote {last}; use it with --toy-weights {last}")
         return 0
     from .cache.policy import PRESETS

@@ -26,7 +26,8 @@ from .timeline import Cue, schedule
 from .toyworld import PALETTE, change_caption, decode_state, generate, make_world, pick_change
 
 WINDOW = TOY.trained_frames  # 21 frames = 5.25 s
-FRAME_METRICS = ("background_ok", "background_distance", "colour_recall", "shape_ok", "count_ok", "spurious", "speed")
+FRAME_METRICS = ("background_ok", "background_distance", "colour_recall", "all_colours", "shape_ok", "count_ok", "spurious",
+                 "speed")
 METRICS = (*FRAME_METRICS, "frozen")  # frozen: the window's mean object speed is under 0.25 px/frame
 
 
@@ -68,6 +69,7 @@ def frame_metrics(decoded: dict, background: str, objects: dict[str, str], previ
         background_ok=float(decoded["background"] == background),
         background_distance=decoded["background_distance"],
         colour_recall=len(hits) / len(objects),
+        all_colours=float(len(hits) == len(objects)),
         shape_ok=np.mean([found[c]["shape"] == objects[c] for c in hits]) if hits else np.nan,
         count_ok=float(len(found) == len(objects)),
         spurious=float(len([c for c in found if c not in objects])),
@@ -156,7 +158,7 @@ def summarise(tracks: list[Track]) -> dict:
     seeds = dict(
         background=float(np.mean([t.windows[0]["background_ok"] > 0.5 for t in tracks])),
         object_colours=float(np.mean([t.windows[0]["colour_recall"] > 0.5 for t in tracks])),
-        all_object_colours=float(np.mean([t.windows[0]["colour_recall"] == 1.0 for t in tracks])),
+        all_object_colours=float(np.mean([t.windows[0]["all_colours"] > 0.5 for t in tracks])),
     )
     out = dict(first_window=first, last_window=last, all=every, seeds_first_window=seeds)
     if tracks[0].change["new_before"] or tracks[0].change["new_after"]:
@@ -209,7 +211,7 @@ def table(results: list[dict]) -> str:
             f"{a['count_ok']:.2f} | {b['background_ok']:.2f} / {b['colour_recall']:.2f} / {b['shape_ok']:.2f} / {b['count_ok']:.2f} "
             f"| {a['background_distance']:.3f} → {b['background_distance']:.3f} | {a['speed']:.2f} → {b['speed']:.2f} "
             f"| {b['frozen']:.2f} | {b['spurious']:.2f} |")
-    lines += ["", "| policy | video | share of seeds, window 1: background right on most frames / over half the object colours found on average / all found on every frame |",
+    lines += ["", "| policy | video | share of seeds, window 1: background right on most frames / over half the object colours found on average / every object colour found on most frames |",
               "|---|---|---|"]
     lines += [f"| {r['policy']} | {r['seconds']:g} s | {r['seeds_first_window']['background']:.2f} / "
               f"{r['seeds_first_window']['object_colours']:.2f} / {r['seeds_first_window']['all_object_colours']:.2f} |" for r in results]
@@ -258,7 +260,12 @@ def write_strips(strips: dict, out_dir: Path, scale: int = 3) -> None:
     import cv2
 
     for seconds in sorted({s for s, _ in strips}):
-        rows = []
+        first = next(kept for (s, _), kept in strips.items() if s == seconds)
+        side = (TOY.size[0] + 2) * scale
+        header = np.full((24, 150 + side * len(first), 3), 255, np.uint8)
+        for i, f in enumerate(sorted(first)):
+            cv2.putText(header, f"{f / TOY.fps:g} s", (150 + i * side + 4, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
+        rows = [header]
         for (s, policy), kept in strips.items():
             if s != seconds:
                 continue

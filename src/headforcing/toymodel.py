@@ -82,8 +82,8 @@ def save_toy(path: str, transformer, words: WordEncoder, info: dict) -> None:
     """One safetensors file (DiT under `transformer.`, word encoder under `words.`) and a JSON beside it."""
     from safetensors.torch import save_file
 
-    state = {f"transformer.{k}": v.detach().float().contiguous() for k, v in transformer.state_dict().items()}
-    state |= {f"words.{k}": v.detach().float().contiguous() for k, v in words.state_dict().items()}
+    state = {f"transformer.{k}": v.detach().float().cpu().contiguous() for k, v in transformer.state_dict().items()}
+    state |= {f"words.{k}": v.detach().float().cpu().contiguous() for k, v in words.state_dict().items()}
     save_file(state, path)
     with open(str(path).removesuffix(".safetensors") + ".json", "w") as f:
         json.dump(info, f, indent=1)

@@ -122,12 +122,12 @@ def make_batch(step: int, batch: int, seed: int, words, size: int):
 
 
 def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3, warmup: int = 200,
-          ema_decay: float = 0.999, save_every: int = 500, log=print) -> Path:
+          ema_decay: float = 0.999, save_every: int = 500, log=print, device: str = "cpu") -> Path:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     size = TOY.size[0]
-    model = build_transformer(TOY, seed).train().requires_grad_(True)
-    words = build_word_encoder().train()
+    model = build_transformer(TOY, seed).train().requires_grad_(True).to(device)
+    words = build_word_encoder().train().to(device)
     tokens = (size // 4) ** 2
     holder = for_training(model, TOY.chunk_frames * tokens)
     params = list(model.parameters()) + list(words.parameters())
@@ -137,10 +137,11 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
     out_dir.mkdir(parents=True, exist_ok=True)
     start, losses = time.perf_counter(), []
     for step in range(1, steps + 1):
-        x0, sigma, (ids, lengths), text_mask = make_batch(step, batch, seed, words, size)
+        x0, sigma, (ids, lengths), text_mask = (t.to(device) if torch.is_tensor(t) else tuple(u.to(device) for u in t)
+                                                for t in make_batch(step, batch, seed, words, size))
         holder["cross"] = text_mask
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        eps = torch.randn(x0.shape, generator=gen)
+        eps = torch.randn(x0.shape, generator=gen).to(device)  # drawn on the CPU: the same noise on any device
         s = sigma.repeat_interleave(TOY.chunk_frames, dim=1)[:, :, None, None, None]  # [B, 21, 1, 1, 1]
         xt = (1 - s) * x0 + s * eps
         context = words(ids, lengths)  # [2B, L, D]
@@ -168,7 +169,7 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
             save_checkpoint(out_dir / f"step{step:06d}.safetensors", model, words, params, ema, dict(
                 steps=step, batch=batch, seed=seed, lr=lr, warmup=warmup, ema_decay=ema_decay,
                 minutes=round((time.perf_counter() - start) / 60, 1), loss=float(np.mean(losses[-50:])),
-                machine=f"{platform.machine()} {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}",
+                machine=f"{platform.machine()} {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}, device {device}",
                 torch=torch.__version__, config=TOY.transformer, text_len=TOY.text_len))
     return out_dir / f"step{steps:06d}.safetensors"
 
