@@ -26,8 +26,7 @@ from .prompt_cache import install_prompt_cache
 from .sampler import ChunkSampler, SeededNoise
 from .text import WanTextEncoder
 from .timeline import Cue, check_timeline, schedule
-from .toymodel import ToyTextEncoder
-from .toymodel import load_toy
+from .toymodel import ToyTextEncoder, load_toy
 from .video import Mp4Writer, check_writable
 
 
@@ -149,6 +148,7 @@ class Engine:
             check_writable(request.out)
         self.device = pick_device(request.device)
         self.dtype = pick_dtype(request.dtype, self.device)
+        self.decodes = request.out is not None or request.decode  # frames are made, not just latents
 
         vae = self._load(folder, checkpoint)
         install_prompt_cache(self.transformer)
@@ -164,15 +164,14 @@ class Engine:
         self.profile_chunks = min(self.num_chunks, spec.trained_frames // C)
 
     def _decoder(self, vae):
-        if self.spec.pixels:
-            return PixelDecoder() if self.request.out is not None or self.request.decode else IdentityDecoder()
-        return StreamingVaeDecoder(vae.to(self.device)) if vae is not None else IdentityDecoder()
+        if not self.decodes:
+            return IdentityDecoder()
+        return PixelDecoder() if self.spec.pixels else StreamingVaeDecoder(vae.to(self.device))
 
     def _load(self, folder, checkpoint):
         """The DiT and the text encoder (shipped toy ones, random ones, or from local files); returns the VAE
         if one is needed."""
         request, spec = self.request, self.spec
-        decode = request.out is not None or request.decode
         if folder is None and spec.name == "toy":
             transformer, words = load_toy(request.toy_weights)
             self.transformer = to_device(transformer, self.device, self.dtype)
@@ -181,13 +180,13 @@ class Engine:
         if folder is None:
             self.transformer = to_device(build_transformer(spec), self.device, self.dtype)
             self.encode = RandomTextEncoder(spec.transformer["text_dim"], spec.text_len)
-            return build_vae(spec) if decode else None
+            return build_vae(spec) if self.decodes else None
         state = read_causal_checkpoint(checkpoint, request.lora, request.lora_alpha, request.ema)
         self.transformer = dit_from_original(state, spec.transformer, self.dtype).to(self.device)
         del state
         text_device = torch.device(request.text_encoder_device) if request.text_encoder_device else self.device
         self.encode = WanTextEncoder(*folder.load_text_encoder(self.dtype), spec.text_len, text_device)
-        return folder.load_vae(self.dtype) if decode else None
+        return folder.load_vae(self.dtype) if self.decodes else None
 
     def _new_cache(self, policy: Policy, headmap: HeadMap | None) -> HeadwiseCache:
         spec = self.spec
