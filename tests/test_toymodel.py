@@ -3,6 +3,7 @@ captioned scene, and the long-horizon benchmark's measurements are right on the 
 
 import copy
 import json
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -15,9 +16,9 @@ from headforcing.models import TOY, build_transformer
 from headforcing.pipeline import Engine, Request, latent_frames_for
 from headforcing.sampler import ChunkSampler
 from headforcing.timeline import Cue
-from headforcing.toyeval import Scene, frame_metrics, read_frame, run_one
+from headforcing.toyeval import Scene, Track, frame_metrics, read_frame, run_one, summarise
 from headforcing.toymodel import ToyTextEncoder, build_word_encoder, load_toy, tokenize
-from headforcing.toytrain import for_training, make_batch, train
+from headforcing.toytrain import for_training, learning_rate, make_batch, train
 from headforcing.toyworld import PALETTE, decode_state, generate, make_world
 from headforcing.video import count_frames
 
@@ -92,6 +93,25 @@ def test_training_is_seeded_and_writes_a_loadable_checkpoint(tmp_path):
     assert not all(torch.equal(p, q) for p, q in zip(ta.state_dict().values(), fresh.state_dict().values()))
 
 
+def test_resume_goes_on_from_the_checkpoints_step(tmp_path):
+    first = train(str(tmp_path / "a"), 2, batch=2, save_every=1, log=lambda m: None).with_name("step000001.safetensors")
+    c = train(str(tmp_path / "c"), 3, batch=2, save_every=1, log=lambda m: None, resume=str(first))
+    d = train(str(tmp_path / "d"), 3, batch=2, save_every=1, log=lambda m: None, resume=str(first))
+    assert sorted(f.name for f in (tmp_path / "c").glob("*.safetensors")) == ["step000002.safetensors", "step000003.safetensors"]
+    info = json.loads(c.with_suffix(".json").read_text())
+    assert info["steps"] == 3 and info["resumed_at"] == [2]
+    tc, td, t1 = load_toy(str(c))[0], load_toy(str(d))[0], load_toy(str(first))[0]
+    assert all(torch.equal(p, q) for p, q in zip(tc.state_dict().values(), td.state_dict().values()))
+    assert not all(torch.equal(p, q) for p, q in zip(tc.state_dict().values(), t1.state_dict().values()))
+
+
+def test_learning_rate_warms_up_holds_and_cools_down():
+    rates = [learning_rate(step, 11, 30, 1.0, 4, 5) for step in range(11, 31)]
+    assert rates[:4] == [0.25, 0.5, 0.75, 1.0] and rates[4:15] == [1.0] * 11
+    assert rates[15:] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
+    assert [learning_rate(step, 1, 10, 1.0, 2, 0) for step in (2, 10)] == [1.0, 1.0]
+
+
 def test_word_order_matters_and_unknown_words_are_named(capsys):
     encode = ToyTextEncoder(load_toy()[1])
     a = encode("a red circle and a blue square bounce on a green background")
@@ -158,6 +178,7 @@ def test_benchmark_measures_the_truth_perfectly_on_the_worlds_own_frames():
         for w in track.windows:
             assert w["colour_recall"] == 1 and w["shape_ok"] == 1 and w["count_ok"] == 1
             assert abs(w["speed"] - true_speed) < 0.5 and w["frozen"] == 0
+        assert track.first_chunks == [1.0] * 7
         assert all(track.change["new_after"]) and not any(track.change["old_after"])
     assert checked >= 3
 
@@ -178,6 +199,16 @@ def test_benchmark_sees_a_wrong_background_and_a_lost_object():
     m = frame_metrics(read_frame(frame, background), background, objects, None)
     assert m["colour_recall"] == 0.5 and m["count_ok"] == 0 and m["background_ok"] == 1
     assert scene.truths  # the scene of a seed is the world of that seed
+
+
+def test_fading_inside_the_first_window_is_seen_per_chunk():
+    track = Track()
+    for f in range(42):  # objects all there for 3 chunks, then half of them; window 2 does not count
+        track.add(dict(background_ok=1.0, background_distance=0.0, colour_recall=1.0 if f < 9 or f >= 21 else 0.5,
+                       all_colours=1.0, shape_ok=1.0, count_ok=1.0, spurious=0.0, speed=1.0))
+    track.close()
+    assert track.first_chunks == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5] and len(track.windows) == 2
+    assert summarise([track, track])["first_window_by_chunk"] == track.first_chunks
 
 
 def test_toyworld_eval_cli(tmp_path, capsys):
@@ -201,5 +232,20 @@ def test_toyworld_eval_cli(tmp_path, capsys):
 def test_toyworld_eval_bad_input(args, message, tmp_path, capsys):
     out = tmp_path / "bench"
     assert main(["toyworld", "eval", "--seconds", "6", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps"),
+    (["--resume", "nowhere.safetensors"], "--resume"),
+    (["--resume", "SHIPPED", "--steps", "100"], "is not past"),
+    (["--cooldown", "-1"], "--cooldown"),
+])
+def test_toyworld_train_bad_input(args, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    shipped = str(resources.files("headforcing") / "weights" / "toy.safetensors")
+    args = [shipped if a == "SHIPPED" else a for a in args]
+    assert main(["toyworld", "train", "--out", str(out), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and not out.exists()

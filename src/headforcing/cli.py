@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -100,6 +101,8 @@ def build_parser() -> Parser:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--save-every", type=int, default=250)
     tr.add_argument("--device", default="cpu", help="cpu or cuda (a lent GPU trains a larger budget in minutes)")
+    tr.add_argument("--resume", help="a checkpoint of `toyworld train`: go on from its step to --steps")
+    tr.add_argument("--cooldown", type=int, default=0, help="let the learning rate fall linearly to 0 over the last N steps")
     te = toy_sub.add_parser("eval", help="generate far past the window per policy; decode the world state; compare with the captions")
     te.add_argument("--out", required=True, help="folder for toyworld.json, toyworld.md, curves and frames")
     te.add_argument("--policies", default="self-forcing,longlive,infinity-rope,headforcing",
@@ -230,14 +233,27 @@ def parse_durations(text: str) -> list[float]:
     return durations
 
 
+def resumed_steps(path: str) -> int:
+    info = Path(path.removesuffix(".safetensors") + ".json")
+    if not path.endswith(".safetensors") or not Path(path).is_file() or not info.is_file():
+        raise UsageError(f"--resume needs a checkpoint of `toyworld train` (stepN.safetensors with its .json), got {path!r}")
+    return int(json.loads(info.read_text())["steps"])
+
+
 def run_toyworld(args) -> int:
     if args.toy_command == "train":
         from .toytrain import train
 
         if args.steps < 1 or args.batch < 1:
             raise UsageError("--steps and --batch must be at least 1")
+        if not 0 <= args.cooldown <= args.steps:
+            raise UsageError(f"--cooldown must be between 0 and --steps ({args.steps}), got {args.cooldown}")
+        done = resumed_steps(args.resume) if args.resume else 0
+        if args.steps <= done:
+            raise UsageError(f"--steps {args.steps} is not past the {done} steps of --resume {args.resume}")
         last = train(args.out, args.steps, args.batch, args.seed, args.lr, save_every=args.save_every,
-                     log=lambda m: print(m, flush=True), device=args.device)
+                     log=lambda m: print(m, flush=True), device=args.device, resume=args.resume,
+                     cooldown=args.cooldown)
         print(f"wrote {last}; use it with --toy-weights {last}")
         return 0
     from .cache.policy import PRESETS

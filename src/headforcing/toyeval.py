@@ -96,6 +96,7 @@ class Track:
     windows: list[dict] = field(default_factory=list)
     current: dict = field(default_factory=lambda: {m: [] for m in FRAME_METRICS})
     change: dict = field(default_factory=lambda: dict(new_before=[], new_after=[], old_after=[]))
+    first_chunks: list[float] = field(default_factory=list)  # window 1's object colours found, per chunk (fading)
 
     def add(self, values: dict) -> None:
         for m in FRAME_METRICS:
@@ -105,6 +106,9 @@ class Track:
 
     def close(self) -> None:
         if self.current["background_ok"]:
+            if not self.windows:
+                recall, C = self.current["colour_recall"], TOY.chunk_frames
+                self.first_chunks = [nanmean(recall[i : i + C]) for i in range(0, len(recall), C)]
             window = {m: nanmean(v) for m, v in self.current.items()}
             window["frozen"] = float(window["speed"] < 0.25) if np.isfinite(window["speed"]) else float("nan")
             self.windows.append(window)
@@ -160,7 +164,8 @@ def summarise(tracks: list[Track]) -> dict:
         object_colours=float(np.mean([t.windows[0]["colour_recall"] > 0.5 for t in tracks])),
         all_object_colours=float(np.mean([t.windows[0]["all_colours"] > 0.5 for t in tracks])),
     )
-    out = dict(first_window=first, last_window=last, all=every, seeds_first_window=seeds)
+    by_chunk = [nanmean([t.first_chunks[i] for t in tracks]) for i in range(len(tracks[0].first_chunks))]
+    out = dict(first_window=first, last_window=last, all=every, seeds_first_window=seeds, first_window_by_chunk=by_chunk)
     if tracks[0].change["new_before"] or tracks[0].change["new_after"]:
         out["switch"] = {k: float(np.mean([np.mean(t.change[k]) for t in tracks if t.change[k]])) for k in tracks[0].change}
     return out
@@ -215,6 +220,8 @@ def table(results: list[dict]) -> str:
               "|---|---|---|"]
     lines += [f"| {r['policy']} | {r['seconds']:g} s | {r['seeds_first_window']['background']:.2f} / "
               f"{r['seeds_first_window']['object_colours']:.2f} / {r['seeds_first_window']['all_object_colours']:.2f} |" for r in results]
+    lines += ["", "| policy | video | window 1, object colours found per chunk of 3 frames (does the window fade?) |", "|---|---|---|"]
+    lines += [f"| {r['policy']} | {r['seconds']:g} s | {' '.join(f'{v:.2f}' for v in r['first_window_by_chunk'])} |" for r in results]
     if any("switch" in r for r in results):
         lines += ["", "| policy | video | new colour before switch | new colour after | old colour after |", "|---|---|---|---|---|"]
         lines += [f"| {r['policy']} | {r['seconds']:g} s | {r['switch']['new_before']:.2f} | {r['switch']['new_after']:.2f} "

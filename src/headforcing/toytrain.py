@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import build_transformer
-from .toymodel import TOY, build_word_encoder, save_toy
+from .toymodel import TOY, build_word_encoder, load_toy, save_toy
 from .toyworld import generate
 
 CHUNKS = TOY.trained_frames // TOY.chunk_frames  # 7
@@ -93,9 +93,10 @@ def sample_sigmas(rng: np.random.Generator, n: int, shift: float = 8.0) -> np.nd
     return np.where(rng.uniform(size=n) < 0.3, u, shifted)
 
 
-def make_batch(step: int, batch: int, seed: int, words, size: int):
-    """Clips [B, 21, 3, H, W] in [-1, 1], per-chunk sigma [B, 7] (0 = clean), and the caption context
-    [B, 2 L, D] with its per-token mask [B, 1, S, 2 L]."""
+def make_batch(step: int, batch: int, seed: int, words, size: int, device: str = "cpu"):
+    """Clips [B, 21, 3, H, W] in [-1, 1], per-chunk sigma [B, 7] (0 = clean), the caption words (ids
+    [2B, L], lengths [2B]: captions before and after the change) and the per-token caption mask
+    [B, 1, S, 2 L], on `device`."""
     rng = np.random.default_rng([seed, step])
     frames, sigmas, before, after, change = [], [], [], [], []
     for i in range(batch):
@@ -118,16 +119,34 @@ def make_batch(step: int, batch: int, seed: int, words, size: int):
     second = chunk_of_token[None, :] >= torch.tensor(change)[:, None]  # [B, S]: token sees the new caption
     slot = torch.arange(2 * L)[None, None, :] >= L  # [1, 1, 2L]
     text_mask = (slot == second[..., None])[:, None]  # [B, 1, S, 2L]
-    return x, torch.from_numpy(np.stack(sigmas)).float(), (ids, lengths), text_mask
+    sigma = torch.from_numpy(np.stack(sigmas)).float()
+    return x.to(device), sigma.to(device), (ids.to(device), lengths.to(device)), text_mask.to(device)
+
+
+def learning_rate(step: int, first: int, last: int, lr: float, warmup: int, cooldown: int) -> float:
+    """Linear warm-up over `warmup` steps from `first`, constant, then a linear fall to 0 over the last
+    `cooldown` steps before `last` (none when 0)."""
+    return lr * min(1.0, (step - first + 1) / warmup, (last - step + 1) / max(cooldown, 1))
 
 
 def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3, warmup: int = 200,
-          ema_decay: float = 0.999, save_every: int = 500, log=print, device: str = "cpu") -> Path:
+          ema_decay: float = 0.999, save_every: int = 500, log=print, device: str = "cpu",
+          resume: str | None = None, cooldown: int = 0) -> Path:
+    """Train to step `steps`. `resume`: a checkpoint of this function; its EMA weights start both the model and
+    the average, the steps go on from its step with the same data, the optimiser's moments start afresh (so
+    warm-up is run again). `cooldown`: the learning rate falls linearly to 0 over the last `cooldown` steps."""
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     size = TOY.size[0]
-    model = build_transformer(TOY, seed).train().requires_grad_(True).to(device)
-    words = build_word_encoder().train().to(device)
+    first, before = 1, {}
+    if resume is None:
+        model, words = build_transformer(TOY, seed), build_word_encoder()
+    else:
+        model, words = load_toy(resume)
+        before = json.loads(Path(resume.removesuffix(".safetensors") + ".json").read_text())
+        first = before["steps"] + 1
+    model = model.train().requires_grad_(True).to(device)
+    words = words.train().requires_grad_(True).to(device)
     tokens = (size // 4) ** 2
     holder = for_training(model, TOY.chunk_frames * tokens)
     params = list(model.parameters()) + list(words.parameters())
@@ -136,9 +155,8 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     start, losses = time.perf_counter(), []
-    for step in range(1, steps + 1):
-        x0, sigma, (ids, lengths), text_mask = (t.to(device) if torch.is_tensor(t) else tuple(u.to(device) for u in t)
-                                                for t in make_batch(step, batch, seed, words, size))
+    for step in range(first, steps + 1):
+        x0, sigma, (ids, lengths), text_mask = make_batch(step, batch, seed, words, size, device)
         holder["cross"] = text_mask
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         eps = torch.randn(x0.shape, generator=gen).to(device)  # drawn on the CPU: the same noise on any device
@@ -155,20 +173,21 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, step / warmup)
+            group["lr"] = learning_rate(step, first, steps, lr, warmup, cooldown)
         opt.step()
         with torch.no_grad():
-            decay = min(ema_decay, (1 + step) / (10 + step))
+            decay = min(ema_decay, (1 + step) / (10 + step))  # (a resumed run is past the ramp)
             for e, p in zip(ema, params):
                 e.lerp_(p.detach(), 1 - decay)
         losses.append(loss.item())
         if step % 50 == 0:
             elapsed = time.perf_counter() - start
-            log(f"step {step} loss {np.mean(losses[-50:]):.4f} {step / elapsed:.2f} steps/s {elapsed / 60:.1f} min")
+            log(f"step {step} loss {np.mean(losses[-50:]):.4f} {len(losses) / elapsed:.2f} steps/s {elapsed / 60:.1f} min")
         if step % save_every == 0 or step == steps:
             save_checkpoint(out_dir / f"step{step:06d}.safetensors", model, words, params, ema, dict(
                 steps=step, batch=batch, seed=seed, lr=lr, warmup=warmup, ema_decay=ema_decay,
-                minutes=round((time.perf_counter() - start) / 60, 1), loss=float(np.mean(losses[-50:])),
+                minutes=round(before.get("minutes", 0) + (time.perf_counter() - start) / 60, 1),
+                loss=float(np.mean(losses[-50:])), cooldown=cooldown, resumed_at=before.get("resumed_at", []) + ([first] if resume else []),
                 machine=f"{platform.machine()} {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}, device {device}",
                 torch=torch.__version__, config=TOY.transformer, text_len=TOY.text_len))
     return out_dir / f"step{steps:06d}.safetensors"
