@@ -162,3 +162,11 @@ def test_generate_with_eval(tmp_path):
     report = metrics["videos"]["v.mp4"]
     assert report["frames"] == count_frames(out) and 0 < report["temporal_flickering"] <= 1
     assert len(report["segments"]) == 1  # 6.06 s: one 5 s segment, the 1 s stub dropped
+
+
+@pytest.mark.parametrize("command", [[], ["generate"], ["profile"], ["eval"], ["bench"], ["toyworld", "train"],
+                                     ["toyworld", "eval"], ["conformance"], ["inspect"]])
+def test_every_command_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as done:
+        main([*command, "--help"])
+    assert done.value.code == 0 and "usage: headforcing" in capsys.readouterr().out

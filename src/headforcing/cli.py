@@ -66,7 +66,7 @@ def build_parser() -> Parser:
     prof.add_argument("--prompts", help="a file of prompts, one per line (default: a few built-in ones)")
     prof.add_argument("--chunks", type=int, default=7, help="chunks to run, inside the trained window (default 7)")
     prof.add_argument("--queries", type=int, default=256, help="query tokens sampled per chunk")
-    prof.add_argument("--rule", default=DEFAULT_RULE, help=f"classification rule (default {DEFAULT_RULE})")
+    prof.add_argument("--rule", default=DEFAULT_RULE, help=f"classification rule (default {DEFAULT_RULE.replace('%', '%%')})")
     prof.add_argument("--from", dest="source", help="re-derive a HeadMap from saved statistics, without running")
     add_model_args(prof)
 
