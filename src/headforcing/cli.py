@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -233,22 +232,16 @@ def parse_durations(text: str) -> list[float]:
     return durations
 
 
-def resumed_steps(path: str) -> int:
-    info = Path(path.removesuffix(".safetensors") + ".json")
-    if not path.endswith(".safetensors") or not Path(path).is_file() or not info.is_file():
-        raise UsageError(f"--resume needs a checkpoint of `toyworld train` (stepN.safetensors with its .json), got {path!r}")
-    return int(json.loads(info.read_text())["steps"])
-
-
 def run_toyworld(args) -> int:
     if args.toy_command == "train":
+        from .toymodel import checkpoint_info
         from .toytrain import train
 
         if args.steps < 1 or args.batch < 1:
             raise UsageError("--steps and --batch must be at least 1")
         if not 0 <= args.cooldown <= args.steps:
             raise UsageError(f"--cooldown must be between 0 and --steps ({args.steps}), got {args.cooldown}")
-        done = resumed_steps(args.resume) if args.resume else 0
+        done = checkpoint_info(args.resume)["steps"] if args.resume else 0
         if args.steps <= done:
             raise UsageError(f"--steps {args.steps} is not past the {done} steps of --resume {args.resume}")
         last = train(args.out, args.steps, args.batch, args.seed, args.lr, save_every=args.save_every,

@@ -21,9 +21,10 @@ DEFAULT_PROMPTS = (
 def read_prompts(path: str | None, model: str = "wan2.1-1.3b") -> list[str]:
     """A file's prompts; by default a few scenes (for the toy model: captions of its world)."""
     if path is None and model == "toy":
+        from .models import TOY
         from .toyworld import make_world
 
-        return [make_world(seed, 32).caption() for seed in range(8)]
+        return [make_world(seed, TOY.size[0]).caption() for seed in range(8)]
     if path is None:
         return list(DEFAULT_PROMPTS)
     try:

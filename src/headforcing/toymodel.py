@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -85,8 +86,21 @@ def save_toy(path: str, transformer, words: WordEncoder, info: dict) -> None:
     state = {f"transformer.{k}": v.detach().float().cpu().contiguous() for k, v in transformer.state_dict().items()}
     state |= {f"words.{k}": v.detach().float().cpu().contiguous() for k, v in words.state_dict().items()}
     save_file(state, path)
-    with open(str(path).removesuffix(".safetensors") + ".json", "w") as f:
+    with open(info_path(path), "w") as f:
         json.dump(info, f, indent=1)
+
+
+def info_path(path) -> str:
+    """The JSON beside a checkpoint: how it was trained."""
+    return str(path).removesuffix(".safetensors") + ".json"
+
+
+def checkpoint_info(path: str) -> dict:
+    """How a `toyworld train` checkpoint was trained (steps, minutes, ...); UsageError if it is not one."""
+    info = info_path(path)
+    if not path.endswith(".safetensors") or not Path(path).is_file() or not Path(info).is_file():
+        raise UsageError(f"--resume needs a checkpoint of `toyworld train` (stepN.safetensors with its .json), got {path!r}")
+    return json.loads(Path(info).read_text())
 
 
 def load_toy(path: str | None = None):

@@ -14,8 +14,6 @@ constant learning rate after warm-up, so the checkpoint at step k is the run wit
 from __future__ import annotations
 
 import copy
-import json
-import math
 import platform
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import build_transformer
-from .toymodel import TOY, build_word_encoder, load_toy, save_toy
+from .toymodel import TOY, build_word_encoder, checkpoint_info, load_toy, save_toy
 from .toyworld import generate
 
 CHUNKS = TOY.trained_frames // TOY.chunk_frames  # 7
@@ -143,7 +141,7 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
         model, words = build_transformer(TOY, seed), build_word_encoder()
     else:
         model, words = load_toy(resume)
-        before = json.loads(Path(resume.removesuffix(".safetensors") + ".json").read_text())
+        before = checkpoint_info(resume)
         first = before["steps"] + 1
     model = model.train().requires_grad_(True).to(device)
     words = words.train().requires_grad_(True).to(device)
