@@ -88,6 +88,7 @@ BAD = {
     "same chunk": (["--prompt", "b@0", "--prompt", "c@0.5", "--prompt", "d@0.55"], "fall in the same chunk"),
     "auto on one role": (["--policy", "longlive", "--heads", "auto"], "needs a policy with several roles"),
     "bad rule": (["--heads", "auto", "--rule", "anchor=sink:top200%,memory=rest"], "must be in (0%, 100%]"),
+    "context noise": (["--context-noise", "1000"], "--context-noise must be a timestep in 0..999"),
 }
 
 

@@ -3,6 +3,7 @@ captioned scene, and the long-horizon benchmark's measurements are right on the 
 
 import copy
 import json
+from dataclasses import replace
 from importlib import resources
 
 import numpy as np
@@ -14,7 +15,7 @@ from headforcing.cache.policy import preset
 from headforcing.cli import main
 from headforcing.models import TOY, build_transformer
 from headforcing.pipeline import Engine, Request, latent_frames_for
-from headforcing.sampler import ChunkSampler
+from headforcing.sampler import ChunkSampler, SeededNoise
 from headforcing.timeline import Cue
 from headforcing.toyeval import Scene, Track, frame_metrics, read_frame, run_one, summarise
 from headforcing.toymodel import ToyTextEncoder, build_word_encoder, load_toy, tokenize
@@ -61,6 +62,49 @@ def test_training_forward_is_the_engines_chunkwise_computation():
         again = trainee(hidden_states=changed.permute(0, 2, 1, 3, 4), timestep=timestep, encoder_hidden_states=context,
                         return_dict=False)[0].permute(0, 2, 1, 3, 4)
     assert torch.equal(again[:, :9], train_v[:, :9]) and not torch.allclose(again[:, 9:], train_v[:, 9:])
+
+
+@pytest.mark.parametrize("context_noise", [0, 50])
+def test_commit_pass_gives_the_schedules_context_timestep(context_noise):
+    """ChunkSampler commits a finished chunk at Schedule.context_noise: the next chunk it samples is what the
+    block-causal training forward gives, step by step, with the first chunk's clean frames at that timestep."""
+    torch.manual_seed(0)
+    model = build_transformer(TOY, seed=1)
+    trainee = copy.deepcopy(model)
+    holder = for_training(trainee, TOY.chunk_frames * TOKENS)
+    schedule = replace(TOY.schedule, context_noise=context_noise)
+    policy = preset("full", 3, 21)
+    cache = HeadwiseCache(policy, policy.resolve_headmap(4, 4), TOY.head_dim, 6, 3)
+    cache.install(model)
+    sampler = ChunkSampler(model, cache, schedule, 3)
+    sampler.start(1, (3, 32, 32))
+    text = torch.randn(1, TOY.text_len, TOY.transformer["text_dim"])
+    first = sampler.chunk(0, text, SeededNoise(5), 1, (3, 32, 32))  # [1, 3, 3, 32, 32]
+    draws = SeededNoise(5)
+    draws.chunk(0, first.shape)
+    second = sampler.chunk(1, text, draws, 1, (3, 32, 32))
+
+    draws = SeededNoise(5)
+    draws.chunk(0, first.shape)
+    x = draws.chunk(1, first.shape)
+    holder["cross"] = torch.ones(1, 1, 6 * TOKENS, TOY.text_len, dtype=torch.bool)
+    with torch.no_grad():
+        for i, (t, sigma) in enumerate(zip(sampler.timesteps, sampler.sigmas)):
+            timestep = torch.cat([torch.full((3 * TOKENS,), float(context_noise)), torch.full((3 * TOKENS,), t)])[None]
+            frames = torch.cat([first, x], dim=1).permute(0, 2, 1, 3, 4)  # [1, C, 6, H, W]
+            v = trainee(hidden_states=frames, timestep=timestep, encoder_hidden_states=text,
+                        return_dict=False)[0].permute(0, 2, 1, 3, 4)[:, 3:]
+            x0 = x - sigma * v
+            if i + 1 < len(sampler.sigmas):
+                x = x + (sampler.sigmas[i + 1] - sigma) * v
+    assert (x0 - second).abs().max() < 1e-4
+
+
+def test_engine_commits_at_the_models_timestep_unless_told_otherwise():
+    prompt = "a red circle bounces on a blue background"
+    assert Engine(Request(prompt=prompt, seconds=1)).sampler.schedule.context_noise == TOY.schedule.context_noise == 50
+    assert Engine(Request(prompt=prompt, seconds=1, context_noise=0)).sampler.schedule.context_noise == 0
+    assert Engine(Request(prompt=prompt, seconds=1, model="tiny")).sampler.schedule.context_noise == 0  # Self Forcing's
 
 
 def test_caption_switch_mask_and_clean_context_in_a_batch():
@@ -214,8 +258,9 @@ def test_fading_inside_the_first_window_is_seen_per_chunk():
 def test_toyworld_eval_cli(tmp_path, capsys):
     out = tmp_path / "bench"
     assert main(["toyworld", "eval", "--policies", "self-forcing,longlive", "--seconds", "6", "--seeds", "1",
-                 "--change-at", "3", "--out", str(out)]) == 0
+                 "--change-at", "3", "--first-seed", "3", "--context-noise", "0", "--out", str(out)]) == 0
     report = json.loads((out / "toyworld.json").read_text())
+    assert (report["first_seed"], report["context_noise"], report["solver"]) == (3, 0, TOY.schedule.solver)
     assert [r["policy"] for r in report["results"]] == ["self-forcing", "longlive"]
     assert set(report["results"][0]["switch"]) == {"new_before", "new_after", "old_after"}
     for name in ("toyworld.md", "curves_6s.png", "curves_6s.csv", "frames_6s.png"):
@@ -228,6 +273,8 @@ def test_toyworld_eval_cli(tmp_path, capsys):
     (["--seconds", "6,x"], "--seconds"),
     (["--policies", "nope"], "unknown policy"),
     (["--change-at", "9"], "--change-at"),
+    (["--context-noise", "-1"], "--context-noise"),
+    (["--first-seed", "-1"], "--first-seed"),
 ])
 def test_toyworld_eval_bad_input(args, message, tmp_path, capsys):
     out = tmp_path / "bench"

@@ -35,6 +35,8 @@ def add_model_args(p) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--dtype", help="float32 or bfloat16 (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--context-noise", type=int, help="timestep the commit pass gives each finished chunk "
+                   "(Self-Forcing's context_noise; default: the model's own, 50 for toy, 0 otherwise)")
     p.add_argument("--wan-dir", help="Wan2.1-T2V-1.3B folder, diffusers or original layout (env HEADFORCING_WAN_DIR)")
     p.add_argument("--checkpoint", help="causal DiT checkpoint: self_forcing_dmd.pt, ... (env HEADFORCING_CHECKPOINT)")
     p.add_argument("--lora", help="LoRA checkpoint merged into the DiT at load (LongLive)")
@@ -108,10 +110,12 @@ def build_parser() -> Parser:
                     help="cache presets; 'truth' measures the world's own frames (the benchmark's ceiling)")
     te.add_argument("--seconds", default="60,300", help="durations, comma-separated")
     te.add_argument("--seeds", type=int, default=8)
+    te.add_argument("--first-seed", type=int, default=0, help="seeds FIRST .. FIRST+SEEDS-1 (default 0)")
     te.add_argument("--heads", help="HeadMap JSON for headforcing (from `headforcing profile --model toy`)")
     te.add_argument("--change-at", type=float, help="switch each seed's prompt to a changed scene at this second")
     te.add_argument("--toy-weights", help="a checkpoint from `toyworld train` (default: the shipped one)")
     te.add_argument("--solver", choices=["euler", "renoise"], help="override the model's solver (to compare them)")
+    te.add_argument("--context-noise", type=int, help="override the commit pass's timestep (the model's own: 50)")
 
     conf = sub.add_parser("conformance", help="replay a Self-Forcing recording and compare its latents")
     conf.add_argument("recording")
@@ -133,6 +137,7 @@ def model_request_args(args) -> dict:
         ema=not args.no_ema,
         text_encoder_device=args.text_encoder_device,
         toy_weights=args.toy_weights,
+        context_noise=args.context_noise,
     )
 
 
@@ -257,7 +262,8 @@ def run_toyworld(args) -> int:
     if unknown:
         raise UsageError(f"unknown policy {unknown[0]!r}; known: {', '.join(PRESETS)}")
     report = evaluate(policies, parse_durations(args.seconds), args.seeds, args.out, args.heads, args.toy_weights,
-                      args.change_at, args.solver)
+                      args.change_at, dict(solver=args.solver, context_noise=args.context_noise),
+                      args.first_seed)
     print((Path(args.out) / "toyworld.md").read_text(), end="")
     print(f"wrote {args.out}/toyworld.json, toyworld.md, curves_*.png/csv, frames_*.png ({len(report['results'])} runs)")
     return 0

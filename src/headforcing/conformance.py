@@ -36,7 +36,8 @@ def replay(rec: dict, positions: str = "absolute") -> torch.Tensor:
     headmap = policy.resolve_headmap(spec.num_layers, spec.num_heads)
     cache = HeadwiseCache(policy, headmap, spec.head_dim, max_frames=frames, chunk_frames=chunk)
     cache.install(transformer)
-    schedule = Schedule(steps=tuple(cfg["denoising_step_list"]), shift=cfg["timestep_shift"])
+    schedule = Schedule(steps=tuple(cfg["denoising_step_list"]), shift=cfg["timestep_shift"],
+                        context_noise=cfg["context_noise"])
     sampler = ChunkSampler(transformer, cache, schedule, chunk)
     noise = RecordedNoise(rec["noise"], rec["step_noises"], len(schedule.steps) - 1)
     sampler.start(batch, (channels, height, width))

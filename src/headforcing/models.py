@@ -14,6 +14,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from .errors import UsageError
 from .sampler import Schedule
+from .timeline import first_video_frame
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,9 @@ class ModelSpec:
         return self.vae_stride == (1, 1, 1)
 
     def video_frames(self, latent_frames: int) -> int:
-        """Video frames decoded from `latent_frames` (4N-3 for Wan's VAE, N on pixels)."""
-        return self.vae_stride[0] * (latent_frames - 1) + 1
+        """Video frames decoded from `latent_frames` (4N-3 for Wan's VAE, N on pixels): as many as come before
+        the first video frame of a next latent frame."""
+        return first_video_frame(latent_frames, self.vae_stride[0])
 
     @property
     def size_multiple(self) -> int:
@@ -110,7 +112,7 @@ TOY = ModelSpec(
     size=(32, 32),
     fps=4,
     vae_stride=(1, 1, 1),
-    schedule=Schedule(steps=(1000, 750, 500, 250), shift=3.0, solver="euler"),
+    schedule=Schedule(steps=(1000, 750, 500, 250), shift=5.0, solver="euler", context_noise=50),
 )
 
 SPECS = {s.name: s for s in (TOY, WAN_1_3B, TINY)}

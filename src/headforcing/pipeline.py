@@ -23,7 +23,7 @@ from .loading import dit_from_original, find_wan_folder, read_causal_checkpoint
 from .models import WAN_1_3B, RandomTextEncoder, build_transformer, build_vae, get_spec, to_device
 from .profiler import DEFAULT_RULE, HeadProfiler, classify, parse_rule
 from .prompt_cache import install_prompt_cache
-from .sampler import ChunkSampler, SeededNoise
+from .sampler import ChunkSampler, Schedule, SeededNoise
 from .text import WanTextEncoder
 from .timeline import Cue, check_timeline, schedule
 from .toymodel import ToyTextEncoder, load_toy
@@ -54,6 +54,7 @@ class Request:
     decode: bool = False  # decode with the VAE even when nothing is written (benchmarks)
     toy_weights: str | None = None  # a toy-world checkpoint (toyworld train) instead of the shipped one
     solver: str | None = None  # "euler" or "renoise" instead of the model's own solver (comparisons)
+    context_noise: int | None = None  # the commit pass's timestep instead of the model's own (0..999)
 
 
 @dataclass
@@ -103,6 +104,11 @@ def profiling_policy() -> Policy:
     return Policy("full", {"all": RolePolicy((Sink(None),), "compact")})
 
 
+def check_context_noise(value: int | None, schedule: Schedule) -> None:
+    if value is not None and not 0 <= value < schedule.num_train_timesteps:
+        raise UsageError(f"--context-noise must be a timestep in 0..{schedule.num_train_timesteps - 1}, got {value}")
+
+
 class Engine:
     """A streaming session: a model, a head-wise cache, a sampler and a decoder; `chunks()` yields chunks as
     they are made, and `set_prompt` between chunks changes the prompt from the next one on."""
@@ -122,6 +128,7 @@ class Engine:
         if width <= 0 or height <= 0 or width % spec.size_multiple or height % spec.size_multiple:
             raise UsageError(f"size {width}x{height}: width and height must be positive multiples of {spec.size_multiple}")
         self.width, self.height = width, height
+        check_context_noise(request.context_noise, spec.schedule)
         C = spec.chunk_frames
         stride = spec.vae_stride
         self.latent_frames = request.latent_frames or latent_frames_for(request.seconds, spec.fps, C, stride[0])
@@ -155,7 +162,8 @@ class Engine:
         self.texts = {cue["prompt"]: self._encode(cue["prompt"]) for cue in self.timeline}
         if isinstance(self.encode, WanTextEncoder):
             self.encode.offload()  # the prompts are encoded; later set_prompt calls run it on the CPU
-        steps = replace(spec.schedule, solver=request.solver) if request.solver else spec.schedule
+        overrides = dict(solver=request.solver, context_noise=request.context_noise)
+        steps = replace(spec.schedule, **{k: v for k, v in overrides.items() if v is not None})
         self.sampler = ChunkSampler(self.transformer, None, steps, chunk_frames=C)
         self.decoder = self._decoder(vae)
         self.latent_chw = (spec.latent_channels, height // stride[1], width // stride[2])

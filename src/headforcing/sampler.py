@@ -25,6 +25,7 @@ class Schedule:
     shift: float = 5.0
     num_train_timesteps: int = 1000
     solver: str = "renoise"  # Self-Forcing's: x0, then fresh noise at the next level; "euler": the flow ODE
+    context_noise: int = 0  # the timestep the commit pass gives a chunk's clean x0 (Self-Forcing's option; no noise is added)
 
     def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(sigmas, timesteps), float32 [num_train_timesteps], as the reference computes them."""
@@ -115,12 +116,13 @@ class ChunkSampler:
                     eps = noise.step(index, i, shape).to(self.device, torch.float32)
                     x = (1 - s_next) * x0 + s_next * eps
         with self.cache.commit():
-            self.velocity(x0, 0.0, text)
+            self.velocity(x0, float(self.schedule.context_noise), text)
         return x0
 
     @torch.no_grad()
     def recache(self, latents: torch.Tensor, first_frame: int, text: torch.Tensor) -> None:
         """Re-encode committed frames (clean latents [B, R, C, H, W] of frames first_frame..) under a new
-        prompt, for the roles whose policy says `recache` (one t = 0 forward, block-causal)."""
+        prompt, for the roles whose policy says `recache` (one forward at the commit's timestep, block-causal)."""
         with self.cache.recaching(first_frame, latents.shape[1]):
-            self.velocity(latents.to(self.device, torch.float32), 0.0, text.to(self.device, self.dtype))
+            self.velocity(latents.to(self.device, torch.float32), float(self.schedule.context_noise),
+                          text.to(self.device, self.dtype))

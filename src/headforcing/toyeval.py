@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import UsageError
 from .models import TOY
-from .pipeline import Engine, Request, latent_frames_for
+from .pipeline import Engine, Request, check_context_noise, latent_frames_for
 from .timeline import Cue, schedule
 from .toyworld import PALETTE, change_caption, decode_state, generate, make_world, pick_change
 
@@ -116,7 +116,7 @@ class Track:
 
 
 def video(policy: str, seconds: float, seed: int, scene: Scene, heads: str | None, weights: str | None,
-          solver: str | None):
+          sampling: dict):
     """(frames [H, W, 3] uint8 one by one, first frame of each cue). Policy "truth": the world's own frames."""
     cues = [Cue(t, text) for t, text in scene.cues]
     if policy == "truth":
@@ -125,13 +125,14 @@ def video(policy: str, seconds: float, seed: int, scene: Scene, heads: str | Non
         frames, _, _ = generate(seed, n, TOY.size[0], change_at=starts[1] if len(starts) > 1 else None)
         return iter(frames), starts
     engine = Engine(Request(prompt=cues[0].prompt if len(cues) == 1 else cues, seconds=seconds, policy=policy, model="toy",
-                            seed=seed, heads=heads, toy_weights=weights, decode=True, solver=solver))
+                            seed=seed, heads=heads, toy_weights=weights, decode=True, **sampling))
     return (frame for _, _, chunk in engine.chunks() for frame in chunk[0].numpy()), [c["start_frame"] for c in engine.timeline]
 
 
 def run_one(policy: str, seconds: float, seed: int, scene: Scene, heads: str | None = None, weights: str | None = None,
-            keep_frames: list[int] = (), solver: str | None = None) -> tuple[Track, dict[int, np.ndarray]]:
-    frames, starts = video(policy, seconds, seed, scene, heads, weights, solver)
+            keep_frames: list[int] = (), sampling: dict | None = None) -> tuple[Track, dict[int, np.ndarray]]:
+    """`sampling`: Request overrides of the model's schedule (solver, context_noise)."""
+    frames, starts = video(policy, seconds, seed, scene, heads, weights, sampling or {})
     track, kept, previous, f = Track(), {}, None, 0
     for frame in frames:
         cue = max(i for i, s in enumerate(starts) if s <= f)
@@ -171,33 +172,43 @@ def summarise(tracks: list[Track]) -> dict:
     return out
 
 
+def schedule_in_use(sampling: dict | None) -> dict:
+    """The solver and commit timestep the runs used: the model's own unless overridden."""
+    own = dict(solver=TOY.schedule.solver, context_noise=TOY.schedule.context_noise)
+    return {k: v if (sampling or {}).get(k) is None else sampling[k] for k, v in own.items()}
+
+
 def evaluate(policies: list[str], durations: list[float], seeds: int, out: str, heads: str | None = None,
-             weights: str | None = None, change_at: float | None = None, solver: str | None = None,
-             progress=print) -> dict:
+             weights: str | None = None, change_at: float | None = None, sampling: dict | None = None,
+             first_seed: int = 0, progress=print) -> dict:
+    """Seeds first_seed .. first_seed + seeds - 1 (the frames shown are the first seed's)."""
     if seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {seeds}")
+    if first_seed < 0:
+        raise UsageError(f"--first-seed must be 0 or more, got {first_seed}")
     if change_at is not None and not 0 < change_at < min(durations):
         raise UsageError(f"--change-at must fall inside every duration (0..{min(durations):g} s), got {change_at:g}")
+    check_context_noise((sampling or {}).get("context_noise"), TOY.schedule)
     out_dir = Path(out)
     results, curves, strips = [], {}, {}
     for seconds in durations:
         show = [int(s * TOY.fps) for s in sorted({0.0, 5.0, 30.0, seconds / 2, seconds - 1 / TOY.fps}) if s < seconds]
         for policy in policies:
             tracks = []
-            for seed in range(seeds):
+            for seed in range(first_seed, first_seed + seeds):
                 scene = Scene.for_seed(seed, change_at)
                 track, kept = run_one(policy, seconds, seed, scene, heads if policy == "headforcing" else None, weights,
-                                      show if seed == 0 else (), solver)
+                                      show if seed == first_seed else (), sampling)
                 tracks.append(track)
-                if seed == 0:
+                if seed == first_seed:
                     strips[(seconds, policy)] = kept
             progress(f"{policy} {seconds:g} s x {seeds} seeds done")
             row = dict(policy=policy, seconds=seconds, seeds=seeds, **summarise(tracks))
             results.append(row)
             curves[(seconds, policy)] = tracks
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = dict(policies=policies, durations=durations, seeds=seeds, change_at=change_at, heads=heads,
-                  weights=weights or "shipped", solver=solver or TOY.schedule.solver, results=results)
+    report = dict(policies=policies, durations=durations, seeds=seeds, first_seed=first_seed, change_at=change_at, heads=heads,
+                  weights=weights or "shipped", **schedule_in_use(sampling), results=results)
     (out_dir / "toyworld.json").write_text(json.dumps(report, indent=1))
     (out_dir / "toyworld.md").write_text(table(results))
     write_curves(curves, out_dir)
