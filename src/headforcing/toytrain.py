@@ -1,8 +1,10 @@
 """Train the toy-world model: teacher forcing with diffusion-forcing noise, chunk-wise causal, 21 frames.
 
-One clip = 7 chunks of 3 frames. A random first noisy chunk k: chunks before it are clean (the context the
-engine's commit pass gives at sampling), chunks from k on each get their own noise level; a block-causal
-mask lets a chunk see itself and the chunks before it; the flow-matching loss is on the noisy chunks. Half of
+One clip = 7 chunks of 3 frames. A random first noisy chunk k: chunks before it are clean at t = 0 (at
+sampling the engine's commit pass gives the model's clean output as context, at t = 50, the toy schedule's
+context_noise, which keeps the model from copying its own faults forward), chunks from k on each get their
+own noise level; a block-causal mask lets a chunk see itself and the chunks before it; the flow-matching
+loss is on the noisy chunks. Half of
 the clips have k = 0 (no clean context), so the caption, not the past, must carry the scene. A fifth of the
 clips change one object's colour at a chunk boundary; chunks from there on attend to the new caption only.
 
