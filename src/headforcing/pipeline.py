@@ -104,9 +104,13 @@ def profiling_policy() -> Policy:
     return Policy("full", {"all": RolePolicy((Sink(None),), "compact")})
 
 
-def check_context_noise(value: int | None, schedule: Schedule) -> None:
-    if value is not None and not 0 <= value < schedule.num_train_timesteps:
-        raise UsageError(f"--context-noise must be a timestep in 0..{schedule.num_train_timesteps - 1}, got {value}")
+def schedule_for(schedule: Schedule, solver: str | None = None, context_noise: int | None = None) -> Schedule:
+    """A model's schedule with a request's overrides (None keeps the model's own); UsageError on a commit
+    timestep outside the table."""
+    if context_noise is not None and not 0 <= context_noise < schedule.num_train_timesteps:
+        raise UsageError(f"--context-noise must be a timestep in 0..{schedule.num_train_timesteps - 1}, got {context_noise}")
+    overrides = dict(solver=solver, context_noise=context_noise)
+    return replace(schedule, **{k: v for k, v in overrides.items() if v is not None})
 
 
 class Engine:
@@ -128,7 +132,7 @@ class Engine:
         if width <= 0 or height <= 0 or width % spec.size_multiple or height % spec.size_multiple:
             raise UsageError(f"size {width}x{height}: width and height must be positive multiples of {spec.size_multiple}")
         self.width, self.height = width, height
-        check_context_noise(request.context_noise, spec.schedule)
+        sampling = schedule_for(spec.schedule, request.solver, request.context_noise)
         C = spec.chunk_frames
         stride = spec.vae_stride
         self.latent_frames = request.latent_frames or latent_frames_for(request.seconds, spec.fps, C, stride[0])
@@ -162,9 +166,7 @@ class Engine:
         self.texts = {cue["prompt"]: self._encode(cue["prompt"]) for cue in self.timeline}
         if isinstance(self.encode, WanTextEncoder):
             self.encode.offload()  # the prompts are encoded; later set_prompt calls run it on the CPU
-        overrides = dict(solver=request.solver, context_noise=request.context_noise)
-        steps = replace(spec.schedule, **{k: v for k, v in overrides.items() if v is not None})
-        self.sampler = ChunkSampler(self.transformer, None, steps, chunk_frames=C)
+        self.sampler = ChunkSampler(self.transformer, None, sampling, chunk_frames=C)
         self.decoder = self._decoder(vae)
         self.latent_chw = (spec.latent_channels, height // stride[1], width // stride[2])
         self.cache = self._new_cache(self.policy, self.headmap) if not self.auto_heads else None

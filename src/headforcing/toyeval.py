@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import UsageError
 from .models import TOY
-from .pipeline import Engine, Request, check_context_noise, latent_frames_for
+from .pipeline import Engine, Request, latent_frames_for, schedule_for
 from .timeline import Cue, schedule
 from .toyworld import PALETTE, change_caption, decode_state, generate, make_world, pick_change
 
@@ -172,12 +172,6 @@ def summarise(tracks: list[Track]) -> dict:
     return out
 
 
-def schedule_in_use(sampling: dict | None) -> dict:
-    """The solver and commit timestep the runs used: the model's own unless overridden."""
-    own = dict(solver=TOY.schedule.solver, context_noise=TOY.schedule.context_noise)
-    return {k: v if (sampling or {}).get(k) is None else sampling[k] for k, v in own.items()}
-
-
 def evaluate(policies: list[str], durations: list[float], seeds: int, out: str, heads: str | None = None,
              weights: str | None = None, change_at: float | None = None, sampling: dict | None = None,
              first_seed: int = 0, progress=print) -> dict:
@@ -188,7 +182,7 @@ def evaluate(policies: list[str], durations: list[float], seeds: int, out: str, 
         raise UsageError(f"--first-seed must be 0 or more, got {first_seed}")
     if change_at is not None and not 0 < change_at < min(durations):
         raise UsageError(f"--change-at must fall inside every duration (0..{min(durations):g} s), got {change_at:g}")
-    check_context_noise((sampling or {}).get("context_noise"), TOY.schedule)
+    used = schedule_for(TOY.schedule, **(sampling or {}))  # the solver and commit timestep the runs use
     out_dir = Path(out)
     results, curves, strips = [], {}, {}
     for seconds in durations:
@@ -208,7 +202,8 @@ def evaluate(policies: list[str], durations: list[float], seeds: int, out: str, 
             curves[(seconds, policy)] = tracks
     out_dir.mkdir(parents=True, exist_ok=True)
     report = dict(policies=policies, durations=durations, seeds=seeds, first_seed=first_seed, change_at=change_at, heads=heads,
-                  weights=weights or "shipped", **schedule_in_use(sampling), results=results)
+                  weights=weights or "shipped", solver=used.solver, context_noise=used.context_noise,
+                  results=results)
     (out_dir / "toyworld.json").write_text(json.dumps(report, indent=1))
     (out_dir / "toyworld.md").write_text(table(results))
     write_curves(curves, out_dir)
