@@ -6,8 +6,8 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 
 from headforcing.cache.headwise import HeadwiseCache
-from headforcing.models import TINY, build_transformer
-from headforcing.sampler import ChunkSampler, SeededNoise
+from headforcing.models.specs import TINY, build_transformer
+from headforcing.engine.sampler import ChunkSampler, SeededNoise
 
 torch.set_num_threads(2)
 diffusers_logging.set_verbosity_error()  # the oracle casts the whole tiny model to float64 on purpose
@@ -37,8 +37,9 @@ def run_chunks(cache, num_chunks: int, latent_hw=(4, 4), dtype=torch.float32, se
     switch_at: from that chunk on the prompt changes, and `recache` roles re-encode their recent frames."""
     transformer = transformer or build_transformer(TINY, seed=3)
     transformer = transformer.to(dtype)
-    cache.install(transformer)
     sampler = ChunkSampler(transformer, cache, chunk_frames=TINY.chunk_frames)
+    if hasattr(cache, "install"):  # the oracle brings its own attention processors
+        cache.install(transformer)
     chw = (TINY.latent_channels, *latent_hw)
     sampler.start(1, chw)
     noise, out, context = SeededNoise(seed), [], text()
@@ -54,5 +55,5 @@ def run_chunks(cache, num_chunks: int, latent_hw=(4, 4), dtype=torch.float32, se
     return torch.cat(out, dim=1)
 
 
-def engine_cache(policy, headmap, max_frames: int, **kw) -> HeadwiseCache:
-    return HeadwiseCache(policy, headmap, TINY.head_dim, max_frames, TINY.chunk_frames, keep_log=True, **kw)
+def engine_cache(policy, headmap, window_frames: int, **kw) -> HeadwiseCache:
+    return HeadwiseCache(policy, headmap, TINY.head_dim, window_frames, TINY.chunk_frames, keep_log=True, **kw)

@@ -9,8 +9,8 @@ import torch
 from conftest import shared_dir
 from safetensors.torch import save_file
 
-from headforcing.models import TINY, build_transformer, build_vae
-from headforcing.weights import dit_to_diffusers, umt5_to_transformers, vae_to_diffusers
+from headforcing.models.specs import TINY, build_transformer, build_vae
+from headforcing.models.checkpoint import dit_to_diffusers, umt5_to_transformers, vae_to_diffusers
 
 WORDS = "a red blue green ball cube bounces on the grass sky cat jumps over".split()
 

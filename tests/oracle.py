@@ -47,6 +47,7 @@ class OracleCache:
         self.committing = False
         self.recache = None  # (first frame, frames) while re-encoding after a prompt switch
         self.attention_log = None  # a list to record every head's full attention matrix in, if wanted
+        self.layers = headmap.roles  # one entry a layer (the sampler's cache route checks the count)
 
     def install(self, transformer):
         for layer, block in enumerate(transformer.blocks):
@@ -63,7 +64,7 @@ class OracleCache:
         self.first_frame = first_frame
 
     @contextmanager
-    def recaching(self, first_frame, num_frames):
+    def recaching(self, first_frame, num_frames, origin=0):
         self.recache = (first_frame, num_frames)
         try:
             yield

@@ -7,23 +7,22 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from headforcing.bench import chunk_flops, forward_flops
+from headforcing.tools.bench import chunk_flops, forward_flops
 from headforcing.cli import main
-from headforcing.models import TINY
-from headforcing.pipeline import Engine, Request
+from headforcing.models.specs import TINY
+import headforcing
 
 
 @pytest.mark.parametrize("policy", ["self-forcing", "headforcing"])
 def test_flop_model_matches_pytorch_counter(policy):
     """FLOPs of chunk 4's five forwards, counted by PyTorch while they run vs our formula."""
-    engine = Engine(Request(model="tiny", prompt="x", seconds=1, policy=policy, latent_frames=15))
-    chunks = engine.chunks()
+    session = headforcing.load("tiny", decode=False).session("x", policy=policy, decode=False)
     for _ in range(4):
-        next(chunks)
-    predicted = chunk_flops(engine)
+        session.step()
+    predicted = chunk_flops(session)
     # the math backend runs attention as matmuls, which the counter sees (the fused CPU kernel it does not)
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-        next(chunks)
+        session.step()
     counted = counter.get_total_flops()
     # the counter also sees the patch embedding, time/text embeddings and output head, which the model omits
     assert predicted == pytest.approx(counted, rel=0.05)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from headforcing.cli import main
-from headforcing.models import WAN_1_3B
-from headforcing.pipeline import latent_frames_for
-from headforcing.video import count_frames
+from headforcing.models.specs import WAN_1_3B
+from headforcing.engine.timeline import latent_frames_for
+from headforcing.engine.video import count_frames
 
 
 def run_cli(*args):
@@ -138,22 +138,29 @@ def test_conformance_on_a_non_recording(tmp_path, capsys):
     assert "cannot be read as a plain dict of tensors" in capsys.readouterr().err
 
 
-def test_set_prompt_between_chunks_equals_a_timeline():
-    from headforcing.pipeline import Engine, Request
-    from headforcing.timeline import Cue
+def test_set_prompt_between_chunks_equals_a_timeline(tmp_path):
+    """A timeline given to `generate` applies its switch through the session's set_prompt: the latents match a
+    session stepped by hand with the switch at the planned chunk (and differ from one without it)."""
+    import headforcing
+    from headforcing.engine.timeline import Cue
+    from headforcing.generate import Request, plan
 
-    timeline = Engine(Request(model="tiny", prompt=[Cue(0, "a red ball"), Cue(1.0, "a blue cube")], seconds=4, latent_frames=12))
-    applied = timeline.timeline[1]["chunk"]
-    session = Engine(Request(model="tiny", prompt="a red ball", seconds=4, latent_frames=12))
+    work = plan(Request(model="tiny", prompt=[Cue(0, "a red ball"), Cue(1.0, "a blue cube")], seconds=4, latent_frames=12))
+    applied = work.timeline[1]["chunk"]
+    pipe = headforcing.load("tiny", decode=False)
+    session = pipe.session("a red ball", decode=False)
     out = []
-    for index, latents, _ in session.chunks():
-        out.append(latents)
-        if index + 1 == applied:
+    for index in range(4):
+        if index == applied:
             session.set_prompt("a blue cube")
-    expected = [latents for _, latents, _ in timeline.chunks()]
-    assert all(torch.equal(a, b) for a, b in zip(out, expected))
-    plain = [latents for _, latents, _ in Engine(Request(model="tiny", prompt="a red ball", seconds=4, latent_frames=12)).chunks()]
+        out.append(session.step().latents)
+    assert session.history == [dict(chunk=0, frame=0, prompt="a red ball"), dict(chunk=applied, frame=3 * applied, prompt="a blue cube")]
+    plain = pipe.session("a red ball", decode=False)
+    plain = [plain.step().latents for _ in range(4)]
     assert not torch.equal(plain[-1], out[-1]) and torch.equal(plain[0], out[0])
+    trace = tmp_path / "t.jsonl"
+    assert main(["generate", "--model", "tiny", "--prompt", "a red ball@0", "--prompt", "a blue cube@1", "--seconds", "2.5",
+                 "--latents-only", "--quiet", "--policy", "self-forcing", "--trace", str(trace)]) == 0
 
 
 def test_generate_with_eval(tmp_path):

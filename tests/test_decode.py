@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
-from headforcing.decode import StreamingVaeDecoder
-from headforcing.models import TINY, build_vae
-from headforcing.video import Mp4Writer, count_frames
+from headforcing.engine.decode import StreamingVaeDecoder
+from headforcing.models.specs import TINY, build_vae
+from headforcing.engine.video import Mp4Writer, count_frames
 
 
 def test_streaming_decode_equals_full_decode():

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from conftest import engine_cache, run_chunks, text
 
 from headforcing.cache.policy import preset
-from headforcing.models import TINY, build_transformer
-from headforcing.sampler import ChunkSampler
+from headforcing.models.specs import TINY, build_transformer
+from headforcing.engine.sampler import ChunkSampler
 
 
 class BlockCausalProcessor:

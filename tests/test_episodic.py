@@ -6,14 +6,14 @@ from conftest import engine_cache, run_chunks
 from headforcing.cache.episodic import EpisodicConfig, EpisodicMemory
 from headforcing.cache.policy import Episodic, Recent, RolePolicy, Sink, preset
 from headforcing.cache.store import KVStore
-from headforcing.rope import Rope
+from headforcing.cache.rope import Rope
 
 T, D = 4, 8
 
 
 def make_store(slots=2, novelty=0.05):
     memory = EpisodicMemory(slots, EpisodicConfig(novelty=novelty))
-    store = KVStore(RolePolicy((Sink(1), Episodic(slots), Recent(2))), heads=[0], max_frames=99, chunk_frames=1, memory=memory)
+    store = KVStore(RolePolicy((Sink(1), Episodic(slots), Recent(2))), heads=[0], window_frames=99, chunk_frames=1, memory=memory)
     store.allocate(1, T, D, torch.float32, "cpu")
     return store, memory
 

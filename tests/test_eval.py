@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from headforcing.cli import main
-from headforcing.evaluate import analyse
-from headforcing.learned import (
+from headforcing.evaluation.metrics import analyse
+from headforcing.evaluation.learned import (
     ClipImageEmbedder,
     aesthetic,
     clip_score,
@@ -18,7 +18,7 @@ from headforcing.learned import (
     load_embedders,
     split_clips,
 )
-from headforcing.video import Mp4Writer
+from headforcing.engine.video import Mp4Writer
 
 H, W, FPS = 64, 96, 16
 

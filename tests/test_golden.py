@@ -4,8 +4,8 @@ import torch
 from conftest import golden
 
 from headforcing.cli import main
-from headforcing.conformance import load_recording, max_abs_error, replay
-from headforcing.sampler import Schedule
+from headforcing.tools.conformance import load_recording, max_abs_error, replay
+from headforcing.engine.sampler import Schedule
 
 
 def test_full9_reproduces_reference_latents():

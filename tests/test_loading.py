@@ -6,19 +6,19 @@ from conftest import golden
 from fakes import dit_checkpoint, diffusers_folder, manifest, original_folder, tiny_parts
 
 from headforcing.cli import main
-from headforcing.conformance import load_recording
+from headforcing.tools.conformance import load_recording
 from headforcing.errors import UsageError
-from headforcing.loading import (
+from headforcing.models.loading import (
     dit_from_original,
     find_wan_folder,
     read_causal_checkpoint,
     umt5_from_original,
     vae_from_original,
 )
-from headforcing.models import WAN_1_3B
-from headforcing.text import WanTextEncoder
-from headforcing.video import count_frames
-from headforcing.weights import merge_lora, strip_prefix
+from headforcing.models.specs import WAN_1_3B
+from headforcing.models.text import WanTextEncoder
+from headforcing.engine.video import count_frames
+from headforcing.models.checkpoint import merge_lora, strip_prefix
 
 
 def meta_state(name: str) -> dict:
@@ -63,7 +63,7 @@ def test_a_tensor_of_the_wrong_shape_is_named():
 
 def test_golden_checkpoint_through_the_public_loader(tmp_path):
     """A Self-Forcing checkpoint file on disk -> read_causal_checkpoint -> the golden latents."""
-    from headforcing.conformance import replay
+    from headforcing.tools.conformance import replay
 
     rec = load_recording(golden("sink3_window9_f15.pt"))
     path = tmp_path / "self_forcing_dmd.pt"
@@ -170,7 +170,7 @@ def test_inspect(tmp_path, capsys):
 def test_safetensors_beside_a_pickle_is_preferred(tmp_path):
     from safetensors.torch import save_file
 
-    from headforcing.weights import read_state_dict
+    from headforcing.models.checkpoint import read_state_dict
 
     torch.save({"w": torch.zeros(2)}, tmp_path / "model.pt")
     save_file({"w": torch.ones(2)}, str(tmp_path / "model.safetensors"))

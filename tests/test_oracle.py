@@ -9,7 +9,7 @@ from oracle import OracleCache
 
 from headforcing.cache.headmap import HeadMap
 from headforcing.cache.policy import PRESETS, Policy, preset
-from headforcing.models import TINY
+from headforcing.models.specs import TINY
 
 CHUNKS = 10  # 30 latent frames: past every window (21) and the sinks
 

@@ -10,9 +10,9 @@ from oracle import OracleCache
 from headforcing.cache.policy import preset
 from headforcing.cli import main
 from headforcing.errors import UsageError
-from headforcing.pipeline import Engine, Request
-from headforcing.profiler import CATEGORIES, MAX_DISTANCE, HeadProfiler, classify, parse_rule
-from headforcing.profile_run import run_profile
+import headforcing
+from headforcing.cache.profiler import CATEGORIES, MAX_DISTANCE, HeadProfiler, classify, parse_rule
+from headforcing.tools.profile import run_profile
 
 CHUNKS = 7  # the 21-frame window
 
@@ -109,16 +109,15 @@ def test_bad_rules(rule, message):
 
 
 def test_heads_auto_gives_the_map_of_a_separate_profile_run():
-    common = dict(model="tiny", prompt="a red ball", seconds=1, seed=5)
-    stats = run_profile(Request(**common, policy="full", latent_frames=21), ["a red ball"], queries=256)
-    engine = Engine(Request(**common, policy="headforcing", heads="auto", latent_frames=27))
-    chunks = list(engine.chunks())
-    assert len(chunks) == 9
-    assert engine.headmap == classify(stats)
-    memory = [s for s in engine.cache.stores() if s.name == "memory"]
+    pipe = headforcing.load("tiny", decode=False)
+    stats = run_profile(pipe, ["a red ball"], queries=256, seed=5)
+    session = pipe.session("a red ball", policy="headforcing", heads="auto", seed=5, decode=False)
+    chunks = [session.step().latents for _ in range(9)]
+    assert session.headmap == classify(stats) and not session.profiling
+    memory = [s for s in session.cache.stores() if s.name == "memory"]
     assert memory and all(len(s.frames) == s.capacity for s in memory)  # the window's frames were taken over
-    again = list(engine.chunks())  # a second run profiles afresh and repeats the first exactly
-    assert all(torch.equal(a[1], b[1]) for a, b in zip(chunks, again))
+    again = pipe.session("a red ball", policy="headforcing", heads="auto", seed=5, decode=False)  # profiles afresh
+    assert all(torch.equal(a, again.step().latents) for a in chunks)
 
 
 def test_profile_cli_and_rederive(tmp_path, capsys):

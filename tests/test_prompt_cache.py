@@ -4,8 +4,8 @@ import copy
 
 import torch
 
-from headforcing.models import TINY, build_transformer
-from headforcing.prompt_cache import install_prompt_cache
+from headforcing.models.specs import TINY, build_transformer
+from headforcing.engine.prompt_cache import install_prompt_cache
 
 
 def test_same_outputs_and_one_projection_per_prompt():

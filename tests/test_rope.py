@@ -7,8 +7,8 @@ from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 from headforcing.cache.policy import Recent, RolePolicy, Sink, preset
 from headforcing.cache.store import KVStore
-from headforcing.models import TINY
-from headforcing.rope import Rope, rotate
+from headforcing.models.specs import TINY
+from headforcing.cache.rope import Rope, rotate
 
 
 def diffusers_rotate(x, position, head_dim, grid):
@@ -38,7 +38,7 @@ def test_stored_key_rotated_later_equals_key_rotated_directly(positions):
     """Keys committed before RoPE and rotated by the store at a later chunk == rotated directly at their
     position (diffusers' table); absolute positions are frame indices, compact ones ranks 0..n-1."""
     grid, T, D = (2, 2), 4, TINY.head_dim
-    store = KVStore(RolePolicy((Sink(3), Recent(6)), positions), heads=[0, 1], max_frames=60, chunk_frames=3)
+    store = KVStore(RolePolicy((Sink(3), Recent(6)), positions), heads=[0, 1], window_frames=60, chunk_frames=3)
     store.allocate(1, T, D, torch.float32, "cpu")
     rope = Rope(D, grid)
     gen = torch.Generator().manual_seed(0)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from headforcing.sampler import ChunkSampler, Schedule, SeededNoise
+from headforcing.engine.sampler import ChunkSampler, Schedule, SeededNoise
 
 TARGET = torch.linspace(-1, 1, 2 * 3 * 4 * 4).reshape(1, 2, 3, 4, 4)  # [B, C, F, H, W]: one clean chunk
 
@@ -20,6 +20,7 @@ class ExactFlow(torch.nn.Module):
         super().__init__()
         self.schedule, self.w = schedule, torch.nn.Parameter(torch.zeros(1))
         self.config = SimpleNamespace(patch_size=(1, 2, 2))
+        self.blocks = torch.nn.ModuleList()  # no attention: nothing for the sampler's cache route to serve
         self.calls = 0
 
     def forward(self, hidden_states, timestep, encoder_hidden_states, return_dict):
@@ -29,6 +30,8 @@ class ExactFlow(torch.nn.Module):
 
 
 class NoCache:
+    layers = []
+
     def allocate(self, *args):
         pass
 

@@ -13,15 +13,17 @@ import torch
 from headforcing.cache.headwise import HeadwiseCache
 from headforcing.cache.policy import preset
 from headforcing.cli import main
-from headforcing.models import TOY, build_transformer
-from headforcing.pipeline import Engine, Request, latent_frames_for
-from headforcing.sampler import ChunkSampler, SeededNoise
-from headforcing.timeline import Cue
-from headforcing.toyeval import Scene, Track, frame_metrics, read_frame, run_one, summarise
-from headforcing.toymodel import ToyTextEncoder, build_word_encoder, load_toy, tokenize
-from headforcing.toytrain import for_training, learning_rate, make_batch, train
-from headforcing.toyworld import PALETTE, decode_state, generate, make_world
-from headforcing.video import count_frames
+from headforcing.models.specs import TOY, build_transformer
+import headforcing
+from headforcing.engine.timeline import latent_frames_for
+from headforcing.generate import Request, plan
+from headforcing.engine.sampler import ChunkSampler, SeededNoise
+from headforcing.engine.timeline import Cue
+from headforcing.toyworld.eval import Scene, Track, frame_metrics, read_frame, run_one, summarise
+from headforcing.models.toy import ToyTextEncoder, build_word_encoder, load_toy, tokenize
+from headforcing.toyworld.train import for_training, learning_rate, make_batch, train
+from headforcing.toyworld.world import PALETTE, decode_state, generate, make_world
+from headforcing.engine.video import count_frames
 
 TOKENS = (TOY.size[0] // 4) ** 2  # 64 per frame
 
@@ -39,7 +41,6 @@ def test_training_forward_is_the_engines_chunkwise_computation():
 
     policy = preset("full", 3, 21)
     cache = HeadwiseCache(policy, policy.resolve_headmap(4, 4), TOY.head_dim, 12, 3)
-    cache.install(model)
     sampler = ChunkSampler(model, cache, TOY.schedule, 3)
     sampler.start(1, (3, 32, 32))
     with torch.no_grad():
@@ -75,7 +76,6 @@ def test_commit_pass_gives_the_schedules_context_timestep(context_noise):
     schedule = replace(TOY.schedule, context_noise=context_noise)
     policy = preset("full", 3, 21)
     cache = HeadwiseCache(policy, policy.resolve_headmap(4, 4), TOY.head_dim, 6, 3)
-    cache.install(model)
     sampler = ChunkSampler(model, cache, schedule, 3)
     sampler.start(1, (3, 32, 32))
     text = torch.randn(1, TOY.text_len, TOY.transformer["text_dim"])
@@ -102,9 +102,10 @@ def test_commit_pass_gives_the_schedules_context_timestep(context_noise):
 
 def test_engine_commits_at_the_models_timestep_unless_told_otherwise():
     prompt = "a red circle bounces on a blue background"
-    assert Engine(Request(prompt=prompt, seconds=1)).sampler.schedule.context_noise == TOY.schedule.context_noise == 50
-    assert Engine(Request(prompt=prompt, seconds=1, context_noise=0)).sampler.schedule.context_noise == 0
-    assert Engine(Request(prompt=prompt, seconds=1, model="tiny")).sampler.schedule.context_noise == 0  # Self Forcing's
+    toy, tiny = headforcing.load("toy"), headforcing.load("tiny", decode=False)
+    assert toy.session(prompt).sampler.schedule.context_noise == TOY.schedule.context_noise == 50
+    assert toy.session(prompt, context_noise=0).sampler.schedule.context_noise == 0
+    assert tiny.session(prompt, decode=False).sampler.schedule.context_noise == 0  # Self Forcing's
 
 
 def test_caption_switch_mask_and_clean_context_in_a_batch():
@@ -169,8 +170,8 @@ def test_word_order_matters_and_unknown_words_are_named(capsys):
 def test_toy_video_length_and_timeline_frames():
     assert latent_frames_for(60, TOY.fps, 3, 1) == 240 and TOY.video_frames(240) == 240
     cues = [Cue(0, "a red circle bounces on a blue background"), Cue(3.0, "a green circle bounces on a blue background")]
-    engine = Engine(Request(prompt=cues, seconds=6))
-    assert engine.latent_frames == 24 and engine.timeline[1]["start_frame"] == 12 and engine.timeline[1]["start_seconds"] == 3.0
+    work = plan(Request(prompt=cues, seconds=6))
+    assert work.latent_frames == 24 and work.timeline[1]["start_frame"] == 12 and work.timeline[1]["start_seconds"] == 3.0
 
 
 def test_shipped_model_draws_the_captioned_scene():
@@ -178,10 +179,11 @@ def test_shipped_model_draws_the_captioned_scene():
     seed (chance: 1 in 8), and the caption's object colours far more often than another seed's caption's
     colours are found in the same frames (docs/TOYWORLD.md: 57% over 50 seeds)."""
     own, other = [], []
+    pipe = headforcing.load("toy")
     for seed in range(6):
         world, stranger = make_world(seed, 32), make_world(seed + 100, 32)
-        engine = Engine(Request(prompt=world.caption(), seconds=5.25, policy="self-forcing", seed=seed, decode=True))
-        frames = np.concatenate([f[0].numpy() for _, _, f in engine.chunks()])
+        session = pipe.session(world.caption(), policy="self-forcing", seed=seed)
+        frames = np.concatenate([session.step().frames[0].numpy() for _ in range(7)])
         assert frames.shape == (21, 32, 32, 3)
         states = [decode_state(f) for f in frames]
         assert np.mean([s["background"] == world.background for s in states]) > 0.9
@@ -210,7 +212,7 @@ def test_benchmark_measures_the_truth_perfectly_on_the_worlds_own_frames():
         _, states, captions = generate(seed, 42, 32, change_at=21)
         scene = Scene.for_seed(seed, 5.25)  # the switch at frame 21, as generate's change_at=21
         assert [c[1] for c in scene.cues] == [c[1] for c in captions]
-        track, _ = run_one("truth", 10.5, seed, scene)
+        track, _ = run_one(None, "truth", 10.5, seed, scene)
         assert len(track.windows) == 2
         for w in track.windows:
             assert w["background_ok"] == 1 and w["background_distance"] < 1e-6 and w["spurious"] == 0

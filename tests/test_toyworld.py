@@ -4,7 +4,7 @@ truth back from generated frames (so a benchmark built on it measures the model,
 import numpy as np
 import pytest
 
-from headforcing.toyworld import PALETTE, decode_state, generate
+from headforcing.toyworld.world import PALETTE, decode_state, generate
 
 
 def overlapping(objects):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from .cache.policy import PRESETS
 from .errors import UsageError
-from .models import SPECS
-from .profiler import DEFAULT_RULE
+from .models.specs import SPECS
+from .cache.profiler import DEFAULT_RULE
 
 
 class Parser(argparse.ArgumentParser):
@@ -52,7 +52,7 @@ def build_parser() -> Parser:
     gen = sub.add_parser("generate", help="generate a video chunk by chunk")
     gen.add_argument("--prompt", action="append", help='a prompt; repeat as "text@SECONDS" for a timeline')
     gen.add_argument("--timeline", help='JSONL file of {"start": seconds, "prompt": text}')
-    gen.add_argument("--seconds", type=float, default=5.0)
+    gen.add_argument("--seconds", type=float, default=5.0, help="seconds of video to generate (default 5)")
     gen.add_argument("--policy", default="headforcing", help=f"one of: {', '.join(PRESETS)}")
     gen.add_argument("--out", help="output .mp4 (omit with --latents-only)")
     gen.add_argument("--latents-only", action="store_true", help="run the DiT only; decode and write nothing")
@@ -60,6 +60,9 @@ def build_parser() -> Parser:
     gen.add_argument("--rule", default=DEFAULT_RULE, help="head classification rule for --heads auto")
     gen.add_argument("--trace", help="write episodic-memory decisions to this JSONL file")
     gen.add_argument("--eval", action="store_true", help="run the no-model metrics on the video (into OUT.eval/)")
+    gen.add_argument("--init-video", help="continue this clip (its frames are encoded and committed as context; "
+                     "--seconds and prompt times then count from its end)")
+    gen.add_argument("--init-image", help="start from this image (committed alone as the first latent frame)")
     add_model_args(gen)
 
     prof = sub.add_parser("profile", help="measure what each head attends to and classify heads into roles")
@@ -123,6 +126,13 @@ def build_parser() -> Parser:
     return parser
 
 
+def load_args(args) -> dict:
+    """The flags that say which model to load and where (headforcing.load's arguments, but the model name)."""
+    return dict(device=args.device, dtype=args.dtype, wan_dir=args.wan_dir, checkpoint=args.checkpoint, lora=args.lora,
+                lora_alpha=args.lora_alpha, ema=not args.no_ema, text_encoder_device=args.text_encoder_device,
+                toy_weights=args.toy_weights)
+
+
 def model_request_args(args) -> dict:
     return dict(
         seed=args.seed,
@@ -142,7 +152,7 @@ def model_request_args(args) -> dict:
 
 
 def prompt_timeline(args):
-    from .timeline import parse_prompt_arg, read_timeline
+    from .engine.timeline import parse_prompt_arg, read_timeline
 
     if args.timeline and args.prompt:
         raise UsageError("give --prompt or --timeline, not both")
@@ -156,7 +166,7 @@ def prompt_timeline(args):
 
 
 def run_generate(args) -> int:
-    from .pipeline import Request, generate
+    from .generate import Request, generate
 
     if args.out is None and not args.latents_only:
         raise UsageError("give --out FILE.mp4, or --latents-only")
@@ -171,6 +181,8 @@ def run_generate(args) -> int:
         heads=args.heads,
         rule=args.rule,
         trace=args.trace,
+        init_video=args.init_video,
+        init_image=args.init_image,
         **model_request_args(args),
     )
     summary = generate(request, progress=not args.quiet)
@@ -183,7 +195,7 @@ def run_generate(args) -> int:
         print("timeline: " + "; ".join(f"{c['start_seconds']:.2f} s (chunk {c['chunk']}): {c['prompt']}" for c in summary.timeline))
     print(summary.line())
     if args.eval and args.out and not args.latents_only:
-        from .eval_run import evaluate
+        from .evaluation.report import evaluate
 
         out_dir = str(Path(args.out).with_suffix(".eval"))
         report = evaluate([args.out], out_dir)["videos"][Path(args.out).name]
@@ -194,7 +206,7 @@ def run_generate(args) -> int:
 
 
 def run_eval(args) -> int:
-    from .eval_run import evaluate, parse_seconds
+    from .evaluation.report import evaluate, parse_seconds
 
     metrics = evaluate(args.videos, args.out, parse_seconds(args.segments), args.prompt_timeline, args.weights_dir, args.clip_seconds)
     for name, r in metrics["videos"].items():
@@ -208,9 +220,9 @@ def run_eval(args) -> int:
 
 
 def run_profile(args) -> int:
-    from .profile_run import profile
+    from .tools.profile import profile
 
-    out = profile(args, model_request_args(args))
+    out = profile(args, load_args(args), dict(seed=args.seed, size=args.size, context_noise=args.context_noise))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
 
@@ -218,7 +230,7 @@ def run_profile(args) -> int:
 def run_bench(args) -> int:
     import torch
 
-    from .bench import bench, table
+    from .tools.bench import bench, table
 
     model = args.model or ("wan2.1-1.3b" if torch.cuda.is_available() else "tiny")
     durations = parse_durations(args.seconds)
@@ -239,8 +251,8 @@ def parse_durations(text: str) -> list[float]:
 
 def run_toyworld(args) -> int:
     if args.toy_command == "train":
-        from .toymodel import checkpoint_info
-        from .toytrain import train
+        from .models.toy import checkpoint_info
+        from .toyworld.train import train
 
         if args.steps < 1 or args.batch < 1:
             raise UsageError("--steps and --batch must be at least 1")
@@ -255,7 +267,7 @@ def run_toyworld(args) -> int:
         print(f"wrote {last}; use it with --toy-weights {last}")
         return 0
     from .cache.policy import PRESETS
-    from .toyeval import evaluate
+    from .toyworld.eval import evaluate
 
     policies = args.policies.split(",")
     unknown = [p for p in policies if p not in PRESETS and p != "truth"]
@@ -270,7 +282,7 @@ def run_toyworld(args) -> int:
 
 
 def run_conformance(args) -> int:
-    from .conformance import max_abs_error
+    from .tools.conformance import max_abs_error
 
     error = max_abs_error(args.recording)
     ok = error <= args.tolerance
@@ -279,7 +291,7 @@ def run_conformance(args) -> int:
 
 
 def run_inspect(args) -> int:
-    from .inspect import inspect_path
+    from .models.inspect import inspect_path
 
     report = inspect_path(args.path)
     print("\n".join(report.lines))

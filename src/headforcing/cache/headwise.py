@@ -2,6 +2,7 @@
 
 The sampler drives it: `allocate` once, then per chunk `begin_chunk`, the denoising forwards, and one
 forward inside `commit()` whose keys/values are kept. The attn1 processors only call `layer.attend`.
+Every buffer is sized by the policy, never by the length of the video: a session has no fixed end.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from ..attention import HeadwiseAttnProcessor
-from ..rope import Rope, rotate
+from .rope import Rope, rotate
 from .episodic import EpisodicConfig, EpisodicMemory
 from .headmap import HeadMap
 from .policy import Policy
@@ -46,12 +46,13 @@ class HeadwiseCache:
         policy: Policy,
         headmap: HeadMap,
         head_dim: int,
-        max_frames: int,
+        window_frames: int,
         chunk_frames: int = 3,
         episodic: EpisodicConfig | None = EpisodicConfig(),
         keep_log: bool = False,
     ):
-        """episodic: the episodic memory's settings for roles with episodic slots (None: keep nothing there).
+        """window_frames: what a role that keeps every frame (`full`) can hold: the trained window.
+        episodic: the episodic memory's settings for roles with episodic slots (None: keep nothing there).
         keep_log: keep every episodic decision (else only the current chunk's: memory stays constant)."""
         self.policy, self.headmap = policy, headmap
         self.head_dim, self.chunk_frames = head_dim, chunk_frames
@@ -68,7 +69,7 @@ class HeadwiseCache:
                 if not heads:
                     continue
                 memory = EpisodicMemory(role.episodic, episodic, self.episodic_log) if role.episodic and episodic else None
-                store = KVStore(role, heads, max_frames, chunk_frames, layer, name, memory)
+                store = KVStore(role, heads, window_frames, chunk_frames, layer, name, memory)
                 if memory is not None:
                     store.observers.append(memory.observe)
                 stores.append(store)
@@ -76,13 +77,6 @@ class HeadwiseCache:
 
     def stores(self):
         return [s for layer in self.layers for s in layer.stores]
-
-    def install(self, transformer) -> None:
-        """Route every self-attention (attn1) of the DiT through this cache."""
-        if len(transformer.blocks) != len(self.layers):
-            raise ValueError(f"cache has {len(self.layers)} layers, the model {len(transformer.blocks)}")
-        for block, layer in zip(transformer.blocks, self.layers):
-            block.attn1.set_processor(HeadwiseAttnProcessor(layer))
 
     def allocate(self, batch: int, grid_hw: tuple[int, int], dtype, device) -> None:
         self.rope = Rope(self.head_dim, grid_hw, device=device)
@@ -120,11 +114,12 @@ class HeadwiseCache:
                     store.commit_frame(frame, k, source.v_ctx[:, store.head_index, tokens], k_rot)
 
     @contextmanager
-    def recaching(self, first_frame: int, num_frames: int):
+    def recaching(self, first_frame: int, num_frames: int, origin: int = 0):
         """Forwards inside this block re-encode frames first_frame.. (their clean latents, a new prompt):
-        block-causal attention among them, and the recent frames of `recache` roles are rewritten."""
+        block-causal attention among them, and the recent frames of `recache` roles are rewritten. Chunks
+        start at frame `origin` (1 after a lone first frame, as an image start commits it)."""
         chunk_of = torch.arange(num_frames * self.rope.tokens_per_frame, device=self.rope.device)
-        chunk_of = (first_frame + chunk_of // self.rope.tokens_per_frame) // self.chunk_frames
+        chunk_of = torch.div(first_frame - origin + chunk_of // self.rope.tokens_per_frame, self.chunk_frames, rounding_mode="floor")
         mask = chunk_of[:, None] >= chunk_of[None, :]
         self.recache = (first_frame, self.rope.freqs(range(num_frames)), self.rope.freqs(range(first_frame, first_frame + num_frames)), mask)
         try:

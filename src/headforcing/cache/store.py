@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..rope import Rope, rotate
+from .rope import Rope, rotate
 from .policy import RolePolicy
 
 
@@ -26,7 +26,7 @@ class KVStore:
         self,
         role: RolePolicy,
         heads: list[int],
-        max_frames: int,
+        window_frames: int,
         chunk_frames: int,
         layer: int = 0,
         name: str = "all",
@@ -34,7 +34,7 @@ class KVStore:
     ):
         self.role, self.heads, self.layer, self.name = role, heads, layer, name
         self.absolute = role.positions == "absolute"
-        self.n_sink = max_frames if role.sink is None else role.sink
+        self.n_sink = window_frames if role.sink is None else role.sink
         self.n_recent = role.recent
         self.n_episodic = role.episodic
         self.episodic_first = self.n_sink + self.n_recent

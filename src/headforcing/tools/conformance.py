@@ -6,13 +6,13 @@ from pathlib import Path
 
 import torch
 
-from .cache.headwise import HeadwiseCache
-from .cache.policy import window_policy
-from .errors import UsageError
-from .loading import dit_from_original
-from .models import ModelSpec, transformer_config_from_original
-from .sampler import ChunkSampler, RecordedNoise, Schedule
-from .weights import pick_generator, read_pt, strip_prefix
+from ..cache.headwise import HeadwiseCache
+from ..cache.policy import window_policy
+from ..errors import UsageError
+from ..models.loading import dit_from_original
+from ..models.specs import ModelSpec, transformer_config_from_original
+from ..engine.sampler import ChunkSampler, RecordedNoise, Schedule
+from ..models.checkpoint import pick_generator, read_pt, strip_prefix
 
 REQUIRED = ("config", "checkpoint", "prompt_embeds", "noise", "step_noises", "latents")
 
@@ -34,8 +34,7 @@ def replay(rec: dict, positions: str = "absolute") -> torch.Tensor:
     policy = window_policy("recording", cfg["local_attn_size"], cfg["sink_size"], chunk, positions)
     batch, frames, channels, height, width = rec["noise"].shape
     headmap = policy.resolve_headmap(spec.num_layers, spec.num_heads)
-    cache = HeadwiseCache(policy, headmap, spec.head_dim, max_frames=frames, chunk_frames=chunk)
-    cache.install(transformer)
+    cache = HeadwiseCache(policy, headmap, spec.head_dim, window_frames=frames, chunk_frames=chunk)
     schedule = Schedule(steps=tuple(cfg["denoising_step_list"]), shift=cfg["timestep_shift"],
                         context_noise=cfg["context_noise"])
     sampler = ChunkSampler(transformer, cache, schedule, chunk)

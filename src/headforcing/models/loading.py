@@ -16,9 +16,9 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
-from .errors import UsageError
-from .models import transformer_config_from_original
-from .weights import (
+from ..errors import UsageError
+from .specs import transformer_config_from_original
+from .checkpoint import (
     assign,
     dit_to_diffusers,
     merge_lora,

@@ -10,39 +10,11 @@ Latents are [B, F, C, H, W] (frames second, as in Self-Forcing); the DiT takes [
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .cache.headwise import HeadwiseCache
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """FlowMatch table (shift 5, sigma_min 0, extra_one_step) and Self-Forcing's warped timesteps."""
-
-    steps: tuple[int, ...] = (1000, 750, 500, 250)
-    shift: float = 5.0
-    num_train_timesteps: int = 1000
-    solver: str = "renoise"  # Self-Forcing's: x0, then fresh noise at the next level; "euler": the flow ODE
-    context_noise: int = 0  # the timestep the commit pass gives a chunk's clean x0 (Self-Forcing's option; no noise is added)
-
-    def tables(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sigmas, timesteps), float32 [num_train_timesteps], as the reference computes them."""
-        s = torch.linspace(1.0, 0.0, self.num_train_timesteps + 1)[:-1]
-        sigmas = self.shift * s / (1 + (self.shift - 1) * s)
-        return sigmas, sigmas * self.num_train_timesteps
-
-    def warped(self) -> list[float]:
-        """The timesteps the model is actually given: step k of the 1000-step table."""
-        _, timesteps = self.tables()
-        extended = torch.cat([timesteps, torch.zeros(1)])
-        return [float(extended[self.num_train_timesteps - s]) for s in self.steps]
-
-    def sigma(self, t: float) -> torch.Tensor:
-        """sigma of the nearest table timestep (float32 scalar)."""
-        sigmas, timesteps = self.tables()
-        return sigmas[torch.argmin((timesteps - t).abs())]
+from ..cache.headwise import HeadwiseCache
+from .attention import cache_route
+from ..models.schedule import Schedule
 
 
 class SeededNoise:
@@ -73,8 +45,12 @@ class RecordedNoise:
 
 
 class ChunkSampler:
+    """Samples chunks with one loaded DiT into one session's cache (the DiT's self-attentions are routed to
+    that cache for the forwards of each call)."""
+
     def __init__(self, transformer, cache: HeadwiseCache, schedule: Schedule = Schedule(), chunk_frames: int = 3):
         self.transformer, self.cache, self.schedule = transformer, cache, schedule
+        self.route = cache_route(transformer)
         self.chunk_frames = chunk_frames
         self.timesteps = schedule.warped()
         self.sigmas = [schedule.sigma(t) for t in self.timesteps]
@@ -82,14 +58,15 @@ class ChunkSampler:
         self.device, self.dtype = param.device, param.dtype
 
     def velocity(self, x: torch.Tensor, t: float, text: torch.Tensor) -> torch.Tensor:
-        """DiT flow prediction for x [B, F, C, H, W] (float32 in and out)."""
+        """DiT flow prediction for x [B, F, C, H, W] (float32 in and out), attending through this cache."""
         timestep = torch.full((x.shape[0],), t, device=self.device, dtype=torch.float32)
-        out = self.transformer(
-            hidden_states=x.permute(0, 2, 1, 3, 4).to(self.device, self.dtype),
-            timestep=timestep,
-            encoder_hidden_states=text,
-            return_dict=False,
-        )[0]
+        with self.route.to(self.cache):
+            out = self.transformer(
+                hidden_states=x.permute(0, 2, 1, 3, 4).to(self.device, self.dtype),
+                timestep=timestep,
+                encoder_hidden_states=text,
+                return_dict=False,
+            )[0]
         return out.permute(0, 2, 1, 3, 4).float()
 
     def start(self, batch: int, latent_chw: tuple[int, int, int]) -> None:
@@ -98,10 +75,12 @@ class ChunkSampler:
         self.cache.allocate(batch, grid, self.dtype, self.device)
 
     @torch.no_grad()
-    def chunk(self, index: int, text: torch.Tensor, noise, batch: int, latent_chw) -> torch.Tensor:
-        """Sample chunk `index` and commit it to the cache; returns its x0 [B, C_frames, C, H, W] float32."""
+    def chunk(self, index: int, text: torch.Tensor, noise, batch: int, latent_chw, first_frame: int | None = None) -> torch.Tensor:
+        """Sample chunk `index` (latent frames first_frame.., index * chunk_frames unless given) and commit it
+        to the cache; returns its x0 [B, C_frames, C, H, W] float32."""
         shape = (batch, self.chunk_frames, *latent_chw)
-        self.cache.begin_chunk(index * self.chunk_frames, self.chunk_frames)
+        first_frame = index * self.chunk_frames if first_frame is None else first_frame
+        self.cache.begin_chunk(first_frame, self.chunk_frames)
         text = text.to(self.device, self.dtype)
         x = noise.chunk(index, shape).to(self.device, torch.float32)
         euler = self.schedule.solver == "euler"
@@ -115,14 +94,23 @@ class ChunkSampler:
                 else:
                     eps = noise.step(index, i, shape).to(self.device, torch.float32)
                     x = (1 - s_next) * x0 + s_next * eps
-        with self.cache.commit():
-            self.velocity(x0, float(self.schedule.context_noise), text)
+        self.commit(x0, text)
         return x0
 
     @torch.no_grad()
-    def recache(self, latents: torch.Tensor, first_frame: int, text: torch.Tensor) -> None:
+    def commit(self, latents: torch.Tensor, text: torch.Tensor, first_frame: int | None = None) -> None:
+        """Write clean latents [B, n, C, H, W] into the cache: one forward at the commit timestep (Self-Forcing's
+        context_noise). Inside `chunk` the chunk is already begun; given frames (a clip to continue) start at
+        `first_frame`."""
+        if first_frame is not None:
+            self.cache.begin_chunk(first_frame, latents.shape[1])
+        with self.cache.commit():
+            self.velocity(latents.to(self.device, torch.float32), float(self.schedule.context_noise), text.to(self.device, self.dtype))
+
+    @torch.no_grad()
+    def recache(self, latents: torch.Tensor, first_frame: int, text: torch.Tensor, origin: int = 0) -> None:
         """Re-encode committed frames (clean latents [B, R, C, H, W] of frames first_frame..) under a new
         prompt, for the roles whose policy says `recache` (one forward at the commit's timestep, block-causal)."""
-        with self.cache.recaching(first_frame, latents.shape[1]):
+        with self.cache.recaching(first_frame, latents.shape[1], origin):
             self.velocity(latents.to(self.device, torch.float32), float(self.schedule.context_noise),
                           text.to(self.device, self.dtype))

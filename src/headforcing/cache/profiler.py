@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .cache.headmap import HeadMap
-from .errors import UsageError
+from .headmap import HeadMap
+from ..errors import UsageError
 
 CATEGORIES = ("sink", "current", "previous", "rest")
 MAX_DISTANCE = 20

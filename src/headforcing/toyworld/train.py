@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .models import build_transformer
-from .toymodel import TOY, build_word_encoder, checkpoint_info, load_toy, save_toy
-from .toyworld import generate
+from ..models.specs import build_transformer
+from ..models.toy import TOY, build_word_encoder, checkpoint_info, load_toy, save_toy
+from .world import generate
 
 CHUNKS = TOY.trained_frames // TOY.chunk_frames  # 7
 

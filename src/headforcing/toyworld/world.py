@@ -12,18 +12,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-PALETTE = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (50, 80, 220),
-    "yellow": (235, 210, 40),
-    "purple": (150, 60, 190),
-    "orange": (240, 140, 30),
-    "white": (240, 240, 240),
-    "black": (25, 25, 25),
-}
+from ..models.toy import PALETTE, SHAPES
+
 OCCLUDER = (128, 128, 128)  # grey: never an object or background colour
-SHAPES = ("circle", "square", "triangle")
 FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}  # area / bounding-box area
 
 

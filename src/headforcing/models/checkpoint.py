@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers, convert_wan_vae_to_diffusers
 
-from .errors import UsageError
+from ..errors import UsageError
 
 PREFIXES = ("model._fsdp_wrapped_module.", "base_model.model.", "model.", "module.")
 

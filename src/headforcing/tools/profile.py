@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
-from .errors import UsageError
-from .pipeline import Engine, Request
-from .profiler import HeadProfiler, classify, heads_file, plot
+from ..errors import UsageError
+from ..engine.pipeline import Pipeline, load
+from ..cache.profiler import HeadProfiler, classify, heads_file, plot
 
 DEFAULT_PROMPTS = (
     "a red fox trots through fresh snow in a pine forest, morning light",
@@ -21,8 +20,8 @@ DEFAULT_PROMPTS = (
 def read_prompts(path: str | None, model: str = "wan2.1-1.3b") -> list[str]:
     """A file's prompts; by default a few scenes (for the toy model: captions of its world)."""
     if path is None and model == "toy":
-        from .models import TOY
-        from .toyworld import make_world
+        from ..models.specs import TOY
+        from ..toyworld.world import make_world
 
         return [make_world(seed, TOY.size[0]).caption() for seed in range(8)]
     if path is None:
@@ -36,19 +35,19 @@ def read_prompts(path: str | None, model: str = "wan2.1-1.3b") -> list[str]:
     return prompts
 
 
-def run_profile(request: Request, prompts: list[str], queries: int) -> dict:
-    """Statistics over all prompts: one engine (the model loads once), one profiler, the same seed."""
-    engine = Engine(replace(request, prompt=prompts[0]))
-    profiler = HeadProfiler(engine.spec.num_layers, engine.spec.num_heads, engine.spec.chunk_frames, queries, seed=request.seed)
-    profiler.attach(engine.cache)
+def run_profile(pipe: Pipeline, prompts: list[str], queries: int, chunks: int = 7, seed: int = 0, **options) -> dict:
+    """Statistics over all prompts: one loaded model, one profiler, a `full` session per prompt (same seed)."""
+    spec = pipe.spec
+    profiler = HeadProfiler(spec.num_layers, spec.num_heads, spec.chunk_frames, queries, seed=seed)
     for prompt in prompts:
-        engine.set_prompt(prompt)  # taken up at chunk 0 of the next run
-        for _ in engine.chunks():
-            pass
+        session = pipe.session(prompt, policy="full", seed=seed, decode=False, **options)
+        profiler.attach(session.cache)
+        for _ in range(chunks):
+            session.step()
     return profiler.stats()
 
 
-def profile(args, model_args: dict) -> Path:
+def profile(args, load_args: dict, session_args: dict) -> Path:
     out = Path(args.out)
     if out.suffix != ".json":
         raise UsageError(f"--out must be a .json file, got {out}")
@@ -64,8 +63,9 @@ def profile(args, model_args: dict) -> Path:
         window = 21 // 3
         if not 4 <= args.chunks <= window:
             raise UsageError(f"--chunks must be 4..{window}: statistics start at chunk 3, inside the 21-frame window")
-        request = Request(prompt="", seconds=1, policy="full", latent_frames=3 * args.chunks, **model_args)
-        stats = run_profile(request, read_prompts(args.prompts, request.model), args.queries)
+        prompts = read_prompts(args.prompts, args.model)
+        pipe = load(args.model, decode=False, **load_args)
+        stats = run_profile(pipe, prompts, args.queries, args.chunks, **session_args)
     headmap = classify(stats, args.rule)
     out.write_text(json.dumps(heads_file(headmap, stats, args.rule)))
     plot(headmap, stats, out.with_suffix(".png"))

@@ -12,9 +12,14 @@ from dataclasses import dataclass, field
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
-from .errors import UsageError
-from .sampler import Schedule
-from .timeline import first_video_frame
+from ..errors import UsageError
+from .schedule import Schedule
+
+
+def first_video_frame(latent: int, stride: int = 4) -> int:
+    """Latent frame j > 0 decodes to video frames s(j-1)+1 .. sj for a VAE of temporal stride s (4j-3 .. 4j
+    for Wan's VAE; frame j itself for a pixel-space model, stride 1)."""
+    return 0 if latent == 0 else stride * (latent - 1) + 1
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 def check_writable(path: str | Path) -> Path:
@@ -73,3 +73,32 @@ class Mp4Writer:
 def count_frames(path: str | Path) -> int:
     with av.open(str(path)) as container:
         return sum(1 for _ in container.decode(video=0))
+
+
+def read_clip(path: str | Path) -> tuple[np.ndarray, float]:
+    """Every frame of a video file ([N, H, W, 3] uint8 RGB) and its frame rate; UsageError if unreadable."""
+    if not Path(path).is_file():
+        raise UsageError(f"clip {path} does not exist")
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0)
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except (av.error.FFmpegError, IndexError, ValueError):
+        raise UsageError(f"clip {path} is not a readable video") from None
+    if not frames:
+        raise UsageError(f"clip {path} holds no frame")
+    return np.stack(frames), fps
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as [1, H, W, 3] uint8 RGB; UsageError if unreadable."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))[None]
+    except FileNotFoundError:
+        raise UsageError(f"image {path} does not exist") from None
+    except (UnidentifiedImageError, OSError):
+        raise UsageError(f"image {path} is not a readable image") from None

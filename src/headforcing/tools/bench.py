@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from .pipeline import Engine, Request, peak_memory
-from .sampler import SeededNoise
+from ..engine.pipeline import Pipeline, load
+from ..engine.timeline import latent_frames_for
+from ..generate import peak_memory
 
 
 def forward_flops(config: dict, tokens: int, text_len: int, groups: list[tuple[int, int]], text_kv: bool = True) -> float:
@@ -30,16 +31,16 @@ def forward_flops(config: dict, tokens: int, text_len: int, groups: list[tuple[i
     return float(L * (self_proj + self_attn + cross + ffn))
 
 
-def chunk_flops(engine: Engine) -> float:
-    """FLOPs of the next chunk's forwards (denoising steps + the commit pass), from the cache as it stands
-    (the prompt's cross-attention K/V are cached, so not counted)."""
-    T = engine.cache.rope.tokens_per_frame
-    C = engine.spec.chunk_frames
-    forwards = len(engine.sampler.timesteps) + 1
+def chunk_flops(session) -> float:
+    """FLOPs of a session's next chunk's forwards (denoising steps + the commit pass), from the cache as it
+    stands (the prompt's cross-attention K/V are cached, so not counted)."""
+    T = session.cache.rope.tokens_per_frame
+    C = session.spec.chunk_frames
+    forwards = len(session.sampler.timesteps) + 1
     total = 0.0
-    for layer in engine.cache.layers:  # per layer: its own groups (their sizes can differ by layer)
+    for layer in session.cache.layers:  # per layer: its own groups (their sizes can differ by layer)
         groups = [(len(s.heads), (len(s.frames) + C) * T) for s in layer.stores]
-        total += forward_flops({**engine.spec.transformer, "num_layers": 1}, C * T, engine.spec.text_len, groups, text_kv=False)
+        total += forward_flops({**session.spec.transformer, "num_layers": 1}, C * T, session.spec.text_len, groups, text_kv=False)
     return forwards * total
 
 
@@ -62,39 +63,47 @@ class Timer:
         return out, time.perf_counter() - t
 
 
-def run_one(request: Request, warmup_chunks: int = 2) -> dict:
-    """One timed run after `warmup_chunks` chunks of warm-up in the same engine."""
-    engine = Engine(request)
-    for _ in zip(range(warmup_chunks), engine.chunks()):
-        pass
-    device = engine.device
+PROMPT = "a drone shot over a coastline at sunset"
+
+
+def run_one(pipe: Pipeline, policy: str, seconds: float, warmup_chunks: int = 2, size=None) -> dict:
+    """One timed session after `warmup_chunks` chunks of a warm-up session on the same loaded model; the DiT
+    and the VAE are timed through the session's own `timer` hook, around its own step."""
+    spec, device = pipe.spec, pipe.device
+    warm = pipe.session(PROMPT, policy=policy, size=size)
+    for _ in range(warmup_chunks):
+        warm.step()
+    del warm
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
-    timer, noise = Timer(device), SeededNoise(request.seed)
-    engine.decoder.reset()
-    engine.sampler.start(1, engine.latent_chw)
-    text = engine.texts[engine.timeline[0]["prompt"]]
-    dit, vae, flops, first_frame_s = [], [], 0.0, None
+    session = pipe.session(PROMPT, policy=policy, size=size)
+    timer, times = Timer(device), {"dit": [], "vae": []}
+
+    def timed(phase, fn, *args):
+        out, took = timer(fn, *args)
+        times[phase].append(took)
+        return out
+
+    session.timer = timed
+    latent_frames = latent_frames_for(seconds, spec.fps, spec.chunk_frames, spec.vae_stride[0])
+    flops, first_frame_s = 0.0, None
     start = time.perf_counter()
-    for index in range(engine.num_chunks):
-        flops += chunk_flops(engine)  # before the chunk: the stores hold exactly the context it attends to
-        latents, t_dit = timer(engine.sampler.chunk, index, text, noise, 1, engine.latent_chw)
-        _, t_vae = timer(engine.decoder.decode, latents)
+    for _ in range(latent_frames // spec.chunk_frames):
+        flops += chunk_flops(session)  # before the chunk: the stores hold exactly the context it attends to
+        session.step()
         if first_frame_s is None:
             first_frame_s = time.perf_counter() - start
-        dit.append(t_dit)
-        vae.append(t_vae)
     total = time.perf_counter() - start
-    frames = engine.spec.video_frames(engine.latent_frames)
+    frames, dit, vae = session.video_frames(), times["dit"], times["vae"]
     return dict(
-        policy=request.policy, seconds=request.seconds, frames=frames, latent_frames=engine.latent_frames,
+        policy=policy, seconds=seconds, frames=frames, latent_frames=session.frame,
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        dtype=str(engine.dtype).replace("torch.", ""), model=engine.spec.name, size=f"{engine.width}x{engine.height}",
+        dtype=str(pipe.dtype).replace("torch.", ""), model=spec.name, size=f"{session.width}x{session.height}",
         e2e_fps=frames / total, dit_fps=frames / sum(dit), vae_fps=frames / sum(vae),
         time_to_first_frame_s=first_frame_s, median_chunk_dit_s=statistics.median(dit),
         median_chunk_vae_s=statistics.median(vae), peak_memory_bytes=peak_memory(device),
-        cache_bytes=engine.cache.nbytes(), tflops=flops / sum(dit) / 1e12, flops=flops,
+        cache_bytes=session.cache.nbytes(), tflops=flops / sum(dit) / 1e12, flops=flops,
     )
 
 
@@ -110,13 +119,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def bench(policies: list[str], durations: list[float], model: str, out: str | None, warmup: int = 2, **request_args) -> list[dict]:
-    rows = []
+def bench(policies: list[str], durations: list[float], model: str, out: str | None, warmup: int = 2, size=None,
+          device: str | None = None, dtype: str | None = None) -> list[dict]:
+    """Every policy x duration on one loaded model (loaded once)."""
+    from ..cache.policy import preset
+
     for policy in policies:
-        for seconds in durations:
-            request = Request(prompt="a drone shot over a coastline at sunset", seconds=seconds, policy=policy, model=model,
-                              decode=True, **request_args)
-            rows.append(run_one(request, warmup))
+        preset(policy)  # an unknown name fails before the model loads
+    pipe = load(model, device=device, dtype=dtype)
+    rows = [run_one(pipe, policy, seconds, warmup, size) for policy in policies for seconds in durations]
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         Path(out, "bench.json").write_text(json.dumps(rows, indent=1))

@@ -22,7 +22,7 @@ import av
 import cv2
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
 SEGMENT_METRICS = (
     "luma", "saturation", "sharpness", "flicker", "motion", "hist_distance", "ssim_to_first", "psnr_to_first",

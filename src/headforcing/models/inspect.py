@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import UsageError
+from ..errors import UsageError
 from .loading import ORIGINAL_LAYOUT, dit_config_from_original, find_wan_folder, missing_local
-from .weights import (
+from .checkpoint import (
     LORA_KEY,
     dit_to_diffusers,
     fit,

@@ -4,11 +4,13 @@ after its requested time (a chunk's time is that of its first output frame)."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from ..errors import UsageError
+from ..models.specs import first_video_frame
 
 
 @dataclass(frozen=True)
@@ -37,12 +39,6 @@ def read_timeline(path: str | Path) -> list[Cue]:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise UsageError(f"timeline {path} line {n}: expected {{\"start\": seconds, \"prompt\": text}}") from None
     return cues
-
-
-def first_video_frame(latent: int, stride: int = 4) -> int:
-    """Latent frame j > 0 decodes to video frames s(j-1)+1 .. sj for a VAE of temporal stride s (4j-3 .. 4j
-    for Wan's VAE; frame j itself for a pixel-space model, stride 1)."""
-    return 0 if latent == 0 else stride * (latent - 1) + 1
 
 
 def chunk_start_seconds(chunk: int, chunk_frames: int, fps: int, stride: int = 4) -> float:
@@ -77,3 +73,11 @@ def schedule(cues: list[Cue], num_chunks: int, chunk_frames: int, fps: int, stri
         frame = first_video_frame(chunk * chunk_frames, stride)
         applied.append(dict(prompt=cue.prompt, requested_start=cue.start, chunk=chunk, start_frame=frame, start_seconds=frame / fps))
     return applied
+
+
+def latent_frames_for(seconds: float, fps: int, chunk: int, stride: int = 4) -> int:
+    """Latent frames (a whole number of chunks) whose stride(N-1)+1 video frames cover `seconds`."""
+    if not isinstance(seconds, (int, float)) or not seconds > 0 or not math.isfinite(seconds):
+        raise UsageError(f"--seconds must be a positive number, got {seconds}")
+    n = math.ceil((seconds * fps + stride - 1) / stride)
+    return chunk * math.ceil(n / chunk)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
-from .evaluate import SEGMENT_METRICS, analyse, frames_of, open_video
+from ..errors import UsageError
+from .metrics import SEGMENT_METRICS, analyse, frames_of, open_video
 
 
 def parse_seconds(text: str) -> float:

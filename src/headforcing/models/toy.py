@@ -14,10 +14,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UsageError
-from .models import TOY, ModelSpec, build_transformer
-from .toyworld import PALETTE, SHAPES
+from ..errors import UsageError
+from .specs import TOY, ModelSpec, build_transformer
 
+# The toy world's grammar (toyworld/world.py draws it; the word encoder reads it): colours as RGB, shapes.
+PALETTE = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (50, 80, 220),
+    "yellow": (235, 210, 40),
+    "purple": (150, 60, 190),
+    "orange": (240, 140, 30),
+    "white": (240, 240, 240),
+    "black": (25, 25, 25),
+}
+SHAPES = ("circle", "square", "triangle")
 WORDS = ["a", "and", ",", "bounce", "bounces", "on", "background", *PALETTE, *SHAPES]
 VOCAB = ["<pad>", "<unk>", *WORDS]
 

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
-from .models import TOY
-from .pipeline import Engine, Request, latent_frames_for, schedule_for
-from .timeline import Cue, schedule
-from .toyworld import PALETTE, change_caption, decode_state, generate, make_world, pick_change
+from ..errors import UsageError
+from ..models.specs import TOY
+from ..engine.pipeline import Pipeline, load
+from ..engine.session import schedule_for
+from ..engine.timeline import Cue, latent_frames_for, schedule
+from .world import PALETTE, change_caption, decode_state, generate, make_world, pick_change
 
 WINDOW = TOY.trained_frames  # 21 frames = 5.25 s
 FRAME_METRICS = ("background_ok", "background_distance", "colour_recall", "all_colours", "shape_ok", "count_ok", "spurious",
@@ -115,24 +116,33 @@ class Track:
             self.current = {m: [] for m in FRAME_METRICS}
 
 
-def video(policy: str, seconds: float, seed: int, scene: Scene, heads: str | None, weights: str | None,
-          sampling: dict):
-    """(frames [H, W, 3] uint8 one by one, first frame of each cue). Policy "truth": the world's own frames."""
+def video(pipe: Pipeline | None, policy: str, seconds: float, seed: int, scene: Scene, heads: str | None, sampling: dict):
+    """(frames [H, W, 3] uint8 one by one, first frame of each cue). Policy "truth": the world's own frames
+    (no model needed); otherwise a session on the loaded toy model, its prompt switched at the cues."""
     cues = [Cue(t, text) for t, text in scene.cues]
+    C = TOY.chunk_frames
+    n = latent_frames_for(seconds, TOY.fps, C, TOY.vae_stride[0])
+    timeline = schedule(cues, n // C, C, TOY.fps, TOY.vae_stride[0])
+    starts = [c["start_frame"] for c in timeline]
     if policy == "truth":
-        n = latent_frames_for(seconds, TOY.fps, TOY.chunk_frames, TOY.vae_stride[0])
-        starts = [c["start_frame"] for c in schedule(cues, n // TOY.chunk_frames, TOY.chunk_frames, TOY.fps, 1)]
         frames, _, _ = generate(seed, n, TOY.size[0], change_at=starts[1] if len(starts) > 1 else None)
         return iter(frames), starts
-    engine = Engine(Request(prompt=cues[0].prompt if len(cues) == 1 else cues, seconds=seconds, policy=policy, model="toy",
-                            seed=seed, heads=heads, toy_weights=weights, decode=True, **sampling))
-    return (frame for _, _, chunk in engine.chunks() for frame in chunk[0].numpy()), [c["start_frame"] for c in engine.timeline]
+    session = pipe.session(cues[0].prompt, policy=policy, seed=seed, heads=heads, **sampling)
+    switches = {c["chunk"]: c["prompt"] for c in timeline[1:]}
+
+    def frames():
+        for index in range(n // C):
+            if index in switches:
+                session.set_prompt(switches[index])
+            yield from session.step().frames[0].numpy()
+
+    return frames(), starts
 
 
-def run_one(policy: str, seconds: float, seed: int, scene: Scene, heads: str | None = None, weights: str | None = None,
+def run_one(pipe: Pipeline | None, policy: str, seconds: float, seed: int, scene: Scene, heads: str | None = None,
             keep_frames: list[int] = (), sampling: dict | None = None) -> tuple[Track, dict[int, np.ndarray]]:
-    """`sampling`: Request overrides of the model's schedule (solver, context_noise)."""
-    frames, starts = video(policy, seconds, seed, scene, heads, weights, sampling or {})
+    """`sampling`: session overrides of the model's schedule (solver, context_noise)."""
+    frames, starts = video(pipe, policy, seconds, seed, scene, heads, sampling or {})
     track, kept, previous, f = Track(), {}, None, 0
     for frame in frames:
         cue = max(i for i, s in enumerate(starts) if s <= f)
@@ -183,6 +193,7 @@ def evaluate(policies: list[str], durations: list[float], seeds: int, out: str, 
     if change_at is not None and not 0 < change_at < min(durations):
         raise UsageError(f"--change-at must fall inside every duration (0..{min(durations):g} s), got {change_at:g}")
     used = schedule_for(TOY.schedule, **(sampling or {}))  # the solver and commit timestep the runs use
+    pipe = load("toy", toy_weights=weights) if set(policies) - {"truth"} else None  # once, for every run
     out_dir = Path(out)
     results, curves, strips = [], {}, {}
     for seconds in durations:
@@ -191,7 +202,7 @@ def evaluate(policies: list[str], durations: list[float], seeds: int, out: str, 
             tracks = []
             for seed in range(first_seed, first_seed + seeds):
                 scene = Scene.for_seed(seed, change_at)
-                track, kept = run_one(policy, seconds, seed, scene, heads if policy == "headforcing" else None, weights,
+                track, kept = run_one(pipe, policy, seconds, seed, scene, heads if policy == "headforcing" else None,
                                       show if seed == first_seed else (), sampling)
                 tracks.append(track)
                 if seed == first_seed:

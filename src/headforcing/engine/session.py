@@ -1,0 +1,244 @@
+"""A session: one video in the making, with no fixed end.
+
+It holds what belongs to this video only — the head-wise cache, the noise generator, the prompt and its
+history, the clean latents kept for re-encoding at a prompt switch, the streaming decoder's causal state —
+and borrows everything else from a loaded model (`pipeline.Pipeline`). `step()` makes the next chunk;
+`set_prompt` takes effect from the next chunk; `start_from` commits a given clip as context first;
+`save` writes it all to one safetensors file (`state.py`) that `Pipeline.resume` continues exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..cache.episodic import EpisodicConfig
+from ..cache.headmap import HeadMap
+from ..cache.headwise import HeadwiseCache
+from ..cache.policy import Policy, RolePolicy, Sink, preset
+from ..cache.profiler import DEFAULT_RULE, HeadProfiler, classify, parse_rule
+from ..errors import UsageError
+from ..models.schedule import Schedule
+from .sampler import ChunkSampler, SeededNoise
+
+MAX_SEED = 2**63 - 1  # torch.Generator takes 64-bit seeds; beyond them seeds would silently alias
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What a session was opened with (saved with it; a resumed session keeps them)."""
+
+    policy: str = "headforcing"
+    heads: str | None = None  # None: the policy's default map; "auto": profile the first window; else a HeadMap JSON path
+    rule: str = DEFAULT_RULE  # classification rule for heads="auto"
+    seed: int = 0
+    size: tuple[int, int] | None = None  # (width, height); the model's default if None
+    solver: str | None = None  # "euler" or "renoise" instead of the model's own
+    context_noise: int | None = None  # the commit pass's timestep instead of the model's own
+    decode: bool = True  # make frames (False: latents only)
+
+
+@dataclass
+class Chunk:
+    index: int  # chunks generated before this one
+    first_frame: int  # latent frame index of its first frame
+    latents: torch.Tensor  # [1, C, c, h, w] float32, clean
+    frames: torch.Tensor | None  # [1, n, H, W, 3] uint8 on the CPU, None when not decoding
+
+
+def schedule_for(schedule: Schedule, solver: str | None = None, context_noise: int | None = None) -> Schedule:
+    """A model's schedule with a session's overrides (None keeps the model's own); UsageError on a commit
+    timestep outside the table."""
+    if solver is not None and solver not in ("euler", "renoise"):
+        raise UsageError(f"unknown solver {solver!r}; known: euler, renoise")
+    if context_noise is not None and not 0 <= context_noise < schedule.num_train_timesteps:
+        raise UsageError(f"--context-noise must be a timestep in 0..{schedule.num_train_timesteps - 1}, got {context_noise}")
+    overrides = dict(solver=solver, context_noise=context_noise)
+    return replace(schedule, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def profiling_policy() -> Policy:
+    """`full` with compact positions: the same computation inside the window, and raw keys kept, so the
+    head-wise cache can take its frames over (`heads="auto"`)."""
+    return Policy("full", {"all": RolePolicy((Sink(None),), "compact")})
+
+
+def check_options(spec, options: SessionOptions, headmap: HeadMap | None = None) -> tuple[Policy, HeadMap | None]:
+    """Everything about a session's options that can be checked before any work: (policy, the HeadMap it
+    runs with, or None for heads="auto"). `headmap`, if given, is used instead of reading options.heads."""
+    if not isinstance(options.seed, int) or not 0 <= options.seed <= MAX_SEED:
+        raise UsageError(f"--seed must be an integer in 0..2**63-1, got {options.seed}")
+    width, height = options.size or spec.size
+    if width <= 0 or height <= 0 or width % spec.size_multiple or height % spec.size_multiple:
+        raise UsageError(f"size {width}x{height}: width and height must be positive multiples of {spec.size_multiple}")
+    if width * height > 4096 * 4096:
+        raise UsageError(f"size {width}x{height} is larger than 4096x4096")
+    schedule_for(spec.schedule, options.solver, options.context_noise)
+    policy = preset(options.policy, spec.chunk_frames, spec.trained_frames)
+    if headmap is not None:
+        return policy, policy.resolve_headmap(spec.num_layers, spec.num_heads, headmap)
+    if options.heads == "auto":
+        if len(policy.roles) == 1:
+            raise UsageError(f"--heads auto needs a policy with several roles; {options.policy!r} has one")
+        unknown = {step.role for step in parse_rule(options.rule)} - set(policy.roles)
+        if unknown:
+            raise UsageError(f"rule names role(s) {sorted(unknown)} that policy {options.policy!r} does not have")
+        return policy, None
+    headmap = HeadMap.load(options.heads) if options.heads else None
+    return policy, policy.resolve_headmap(spec.num_layers, spec.num_heads, headmap)
+
+
+class Session:
+    def __init__(self, pipe, prompt: str, *, episodic: EpisodicConfig | None = EpisodicConfig(),
+                 headmap: HeadMap | None = None, **options):
+        """Open a session on a loaded model. Options (`SessionOptions`): policy, heads, rule, seed, size,
+        solver, context_noise, decode. `headmap` gives a HeadMap object directly (then heads=PATH is not read).
+        episodic: the episodic memory's settings (None: memory heads keep no episodic frames)."""
+        self.pipe, self.spec = pipe, pipe.spec
+        self.options = SessionOptions(**options)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UsageError("the prompt is empty")
+        self.policy, self.headmap = check_options(self.spec, self.options, headmap)
+        self.episodic = episodic
+        self.schedule = schedule_for(self.spec.schedule, self.options.solver, self.options.context_noise)
+        width, height = self.width, self.height = self.options.size or self.spec.size
+        stride = self.spec.vae_stride
+        self.latent_chw = (self.spec.latent_channels, height // stride[1], width // stride[2])
+        self.decoder = pipe.decoder(self.options.decode)
+        self.sampler = ChunkSampler(pipe.transformer, None, self.schedule, self.spec.chunk_frames)
+        self.profiling = self.headmap is None  # heads="auto": the first window runs in a full cache, profiled
+        self.profiler = None
+        if self.profiling:
+            self.cache = self._new_cache(profiling_policy(), None)
+            self.profiler = HeadProfiler(self.spec.num_layers, self.spec.num_heads, self.spec.chunk_frames, seed=self.options.seed)
+            self.profiler.attach(self.cache)
+        else:
+            self.cache = self._new_cache(self.policy, self.headmap)
+        self.sampler.start(1, self.latent_chw)
+        self.noise = SeededNoise(self.options.seed)
+        self.chunk = 0  # chunks generated so far (the noise's index)
+        self.frame = 0  # latent frames committed so far (given or generated): the next chunk's first frame
+        self.origin = 0  # chunks start at this frame (1 after an image, whose latent frame is committed alone)
+        self.prompt, self.pending = prompt, None
+        self.history = [dict(chunk=0, frame=0, prompt=prompt)]  # every prompt switch as applied
+        self.recent = None  # clean latents [1, <=R, C, h, w] of the newest frames, for re-encoding at a switch
+        self.episodic_counts = dict(admit=0, merge=0, replace=0)
+        self.decisions: list[dict] = []  # the episodic memory's decisions of the newest commit
+        self.timer = lambda phase, fn, *args: fn(*args)  # bench wraps "dit" and "vae" calls with its clock
+        pipe.encode(prompt)
+
+    # ---- building ------------------------------------------------------------------------------------
+    def _new_cache(self, policy: Policy, headmap: HeadMap | None) -> HeadwiseCache:
+        spec = self.spec
+        headmap = headmap or policy.resolve_headmap(spec.num_layers, spec.num_heads)
+        cache = HeadwiseCache(policy, headmap, spec.head_dim, spec.trained_frames, spec.chunk_frames, self.episodic)
+        self.sampler.cache = cache
+        return cache
+
+    def _switch_to_headwise(self) -> None:
+        """End of online profiling: classify heads, move the full cache's frames into the head-wise one."""
+        self.headmap = classify(self.profiler.stats(), self.options.rule)
+        self.headmap.check(self.spec.num_layers, self.spec.num_heads, self.policy.roles)
+        full = self.cache
+        self.cache = self._new_cache(self.policy, self.headmap)
+        self.sampler.start(1, self.latent_chw)
+        self.cache.adopt(full)
+        self.profiling, self.profiler = False, None
+
+    # ---- stepping ------------------------------------------------------------------------------------
+    def set_prompt(self, prompt: str) -> None:
+        """From the next chunk on, generate under `prompt` (roles re-encode or keep their recent frames as
+        their policy says)."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UsageError("the new prompt is empty")
+        self.pipe.encode(prompt)
+        self.pending = prompt
+
+    def _before(self, frames: int) -> None:
+        """Checks and hand-overs before `frames` more latent frames enter the cache."""
+        window = self.spec.trained_frames
+        if self.profiling and self.frame + frames > window:
+            self._switch_to_headwise()
+        if not self.policy.bounded and self.frame + frames > window:
+            raise UsageError(
+                f"policy {self.options.policy!r} keeps every frame and is valid only inside the trained window of "
+                f"{window} latent frames; the next chunk would end at frame {self.frame + frames}"
+            )
+        if self.pending is not None:
+            self._apply_switch()
+
+    def _apply_switch(self) -> None:
+        """The pending prompt from the next chunk on: re-encode the newest frames for `recache` roles."""
+        self.prompt, self.pending = self.pending, None
+        if self.history[-1]["frame"] == self.frame:
+            self.history[-1] = dict(chunk=self.chunk, frame=self.frame, prompt=self.prompt)
+        else:
+            self.history.append(dict(chunk=self.chunk, frame=self.frame, prompt=self.prompt))
+        frames = min(self.policy.recache_frames if not self.profiling else 0, self.frame)
+        if frames and self.recent is not None:
+            self.sampler.recache(self.recent[:, -frames:], self.frame - frames, self.pipe.encode(self.prompt), self.origin)
+
+    def _committed(self, latents: torch.Tensor) -> None:
+        keep = max(self.policy.recache_frames, 1)
+        self.recent = latents if self.recent is None else torch.cat([self.recent, latents], dim=1)[:, -keep:]
+        self.frame += latents.shape[1]
+        self.decisions = list(self.cache.episodic_log)  # the cache keeps only the newest chunk's
+        for decision in self.decisions:
+            self.episodic_counts[decision["action"]] += 1
+
+    def step(self) -> Chunk:
+        """Make the next chunk: its latents and, when decoding, its frames."""
+        C = self.spec.chunk_frames
+        self._before(C)
+        first, index = self.frame, self.chunk
+        text = self.pipe.encode(self.prompt)
+        latents = self.timer("dit", self.sampler.chunk, index, text, self.noise, 1, self.latent_chw, first)
+        self._committed(latents)
+        self.chunk += 1
+        frames = self.timer("vae", self.decoder.decode, latents) if self.options.decode else None
+        return Chunk(index, first, latents, frames)
+
+    def start_from(self, latents: torch.Tensor) -> torch.Tensor | None:
+        """Continue given clean latents [1, L, C, h, w] (`Pipeline.encode_frames` of a clip or an image): they
+        are committed as context chunk by chunk, as Self Forcing's pipeline commits its `initial_latent`
+        (L a multiple of the chunk; or 1 + a multiple, the first frame then committed alone, as for an image).
+        Returns their decoded frames [1, n, H, W, 3] (which also primes the streaming decoder), or None."""
+        C = self.spec.chunk_frames
+        if self.frame:
+            raise UsageError("a session can start from given frames only before its first chunk")
+        if latents.ndim != 5 or tuple(latents.shape[2:]) != self.latent_chw or latents.shape[0] != 1:
+            raise UsageError(f"given latents have shape {tuple(latents.shape)}, the session makes [1, L, {', '.join(map(str, self.latent_chw))}]")
+        L = latents.shape[1]
+        if L % C not in (0, 1) or L == 0:
+            raise UsageError(f"{L} latent frames cannot be committed in chunks of {C} (give a multiple of {C}, or 1 + one)")
+        pieces = ([1] if L % C else []) + [C] * (L // C)
+        self.origin = pieces[0] % C
+        outs = []
+        for n in pieces:
+            part = latents[:, self.frame : self.frame + n].float()
+            self._before(n)
+            self.sampler.commit(part, self.pipe.encode(self.prompt), first_frame=self.frame)
+            self._committed(part)
+            if self.options.decode:
+                outs.append(self.decoder.decode(part))
+        return torch.cat(outs, dim=1) if outs else None
+
+    # ---- reporting, saving ---------------------------------------------------------------------------
+    def video_frames(self) -> int:
+        """Video frames made so far (given ones included)."""
+        return self.spec.video_frames(self.frame)
+
+    def stats(self) -> dict:
+        return dict(
+            chunks=self.chunk, latent_frames=self.frame, video_frames=self.video_frames(),
+            seconds=self.video_frames() / self.spec.fps, cache_bytes=self.cache.nbytes(), prompt=self.prompt,
+            prompt_switches=len(self.history) - 1, profiling=self.profiling, episodic=dict(self.episodic_counts),
+            policy=self.options.policy,
+        )
+
+    def save(self, path: str) -> None:
+        """Write this session's whole state to one safetensors file (tensors + JSON metadata, no pickle)."""
+        from .state import save_session
+
+        save_session(self, path)

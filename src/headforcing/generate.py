@@ -1,0 +1,230 @@
+"""`headforcing generate`: a request checked on its own, a model loaded, one session stepped chunk by chunk
+over a prompt timeline, frames streamed into an mp4, in constant memory."""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .cache.profiler import DEFAULT_RULE
+from .engine.pipeline import load, model_spec
+from .engine.session import SessionOptions, check_options
+from .engine.timeline import Cue, check_timeline, latent_frames_for, schedule
+from .engine.video import Mp4Writer, check_writable, read_clip, read_image
+from .errors import UsageError
+
+
+@dataclass
+class Request:
+    prompt: str | list[Cue]  # one prompt, or a timeline of cues starting at 0 s
+    seconds: float  # of generated video (after the clip, when one is continued)
+    policy: str = "headforcing"
+    model: str = "toy"  # the shipped toy-world model; "tiny" (random), "wan2.1-1.3b" (random unless weights)
+    out: str | None = None  # None: latent-only run, nothing written
+    seed: int = 0
+    size: tuple[int, int] | None = None  # (width, height); the model's default (or the clip's) if None
+    heads: str | None = None  # HeadMap JSON for multi-role policies, or "auto": profile the first window online
+    rule: str = DEFAULT_RULE  # classification rule for --heads auto
+    device: str | None = None
+    dtype: str | None = None
+    wan_dir: str | None = None  # a Wan2.1-T2V folder (or $HEADFORCING_WAN_DIR): VAE, umT5, tokenizer
+    checkpoint: str | None = None  # the causal DiT (or $HEADFORCING_CHECKPOINT)
+    lora: str | None = None  # a LoRA merged into the DiT (LongLive)
+    lora_alpha: float | None = None  # None: alpha = rank
+    ema: bool = True  # generator_ema if the checkpoint has it
+    text_encoder_device: str | None = None  # default: the run's device; moved off the GPU after encoding
+    trace: str | None = None  # JSONL of episodic-memory decisions, one line per chunk and layer
+    latent_frames: int | None = None  # overrides `seconds` (whole chunks)
+    decode: bool = False  # decode with the VAE even when nothing is written (benchmarks)
+    toy_weights: str | None = None  # a toy-world checkpoint (toyworld train) instead of the shipped one
+    solver: str | None = None  # "euler" or "renoise" instead of the model's own solver (comparisons)
+    context_noise: int | None = None  # the commit pass's timestep instead of the model's own (0..999)
+    init_video: str | None = None  # a clip to continue
+    init_image: str | None = None  # an image to start from
+
+    def load_args(self) -> dict:
+        return dict(wan_dir=self.wan_dir, checkpoint=self.checkpoint, lora=self.lora, lora_alpha=self.lora_alpha,
+                    ema=self.ema, device=self.device, dtype=self.dtype, toy_weights=self.toy_weights,
+                    text_encoder_device=self.text_encoder_device, decode=self.out is not None or self.decode)
+
+    def session_options(self, size=None) -> SessionOptions:
+        return SessionOptions(policy=self.policy, heads=self.heads, rule=self.rule, seed=self.seed, size=size or self.size,
+                              solver=self.solver, context_noise=self.context_noise, decode=self.out is not None or self.decode)
+
+
+@dataclass
+class Summary:
+    model: str
+    frames: int
+    latent_frames: int
+    duration_s: float
+    seconds: float
+    fps: float
+    peak_memory_bytes: int
+    cache_bytes: int
+    timeline: list = field(default_factory=list)
+
+    def line(self) -> str:
+        return (
+            f"frames {self.frames} ({self.latent_frames} latent), duration {self.duration_s:.2f} s, "
+            f"took {self.seconds:.2f} s, {self.fps:.1f} FPS, peak memory {self.peak_memory_bytes / 2**20:.0f} MiB, "
+            f"cache {self.cache_bytes / 2**20:.2f} MiB"
+        )
+
+
+@dataclass
+class Plan:
+    """A request checked against its model's spec, before any weights are loaded."""
+
+    spec: object
+    options: SessionOptions
+    latent_frames: int  # to generate
+    timeline: list[dict]  # cues as applied to the generated chunks
+    init: np.ndarray | None  # the frames to continue [N, H, W, 3] uint8 (the usable tail of a clip, or an image)
+
+
+def fit_clip(frames: np.ndarray, fps: float, spec, size, path: str) -> np.ndarray:
+    """The tail of a clip that encodes to whole chunks of latent frames (Wan: 4L-3 frames, L a multiple of the
+    chunk; pixels: L frames), after checking its frame rate and size; UsageError when it does not fit."""
+    if abs(fps - spec.fps) > 0.01:
+        raise UsageError(f"clip {path} is {fps:g} fps; the model makes {spec.fps} fps video (resample it first)")
+    height, width = frames.shape[1:3]
+    if size is not None and tuple(size) != (width, height):
+        raise UsageError(f"clip {path} is {width}x{height}; --size asks for {size[0]}x{size[1]}")
+    C, stride = spec.chunk_frames, spec.vae_stride[0]
+    latents = C * (((len(frames) + stride - 1) // stride) // C)  # the most whole chunks it can fill
+    if latents == 0:
+        raise UsageError(f"clip {path} has {len(frames)} frames; at least {spec.video_frames(C)} are needed (one chunk)")
+    return frames[len(frames) - spec.video_frames(latents) :]
+
+
+def read_init(request: Request, spec) -> np.ndarray | None:
+    if request.init_video and request.init_image:
+        raise UsageError("give --init-video or --init-image, not both")
+    if request.init_video:
+        frames, fps = read_clip(request.init_video)
+        return fit_clip(frames, fps, spec, request.size, request.init_video)
+    if request.init_image:
+        frames = read_image(request.init_image)
+        height, width = frames.shape[1:3]
+        if request.size is not None and tuple(request.size) != (width, height):
+            raise UsageError(f"image {request.init_image} is {width}x{height}; --size asks for {request.size[0]}x{request.size[1]}")
+        return frames
+    return None
+
+
+def plan(request: Request) -> Plan:
+    spec, _, _ = model_spec(request.model, request.wan_dir, request.checkpoint)
+    init = read_init(request, spec)
+    options = request.session_options(size=(init.shape[2], init.shape[1]) if init is not None else None)
+    policy, _ = check_options(spec, options)
+    C = spec.chunk_frames
+    latent_frames = request.latent_frames or latent_frames_for(request.seconds, spec.fps, C, spec.vae_stride[0])
+    num_chunks = latent_frames // C
+    cues = [Cue(0.0, request.prompt)] if isinstance(request.prompt, str) else list(request.prompt)
+    check_timeline(cues, spec.video_frames(latent_frames) / spec.fps)
+    given = 0 if init is None else (1 if request.init_image else (len(init) + spec.vae_stride[0] - 1) // spec.vae_stride[0])
+    if not policy.bounded and given + latent_frames > spec.trained_frames:
+        raise UsageError(
+            f"policy {request.policy!r} keeps every frame and is valid only inside the trained window of "
+            f"{spec.trained_frames} latent frames; this run needs {given + latent_frames}"
+        )
+    if request.out is not None:
+        check_writable(request.out)
+    if request.trace is not None and not Path(request.trace).resolve().parent.is_dir():
+        raise UsageError(f"--trace folder {Path(request.trace).parent} does not exist")
+    return Plan(spec, options, latent_frames, schedule(cues, num_chunks, C, spec.fps, spec.vae_stride[0]), init)
+
+
+def peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def trace_lines(session, index: int, decisions: list[dict]) -> list[str]:
+    """One JSON line per layer with episodic memory: this chunk's decisions and the slots' state."""
+    lines = []
+    for layer, lc in enumerate(session.cache.layers):
+        stores = [s for s in lc.stores if s.memory is not None]
+        if not stores:
+            continue
+        mine = [d for d in decisions if d["layer"] == layer]
+        newest = session.frame - 1
+        slots = {s.name: [newest - f for f in s.frames[s.episodic_first :]] for s in stores}
+        lines.append(json.dumps(dict(
+            chunk=index, layer=layer,
+            admitted=sum(d["action"] == "admit" for d in mine),
+            merged=sum(d["action"] == "merge" for d in mine),
+            replaced=sum(d["action"] == "replace" for d in mine),
+            novelty=[d["novelty"] for d in mine], slot_ages=slots,
+        )))
+    return lines
+
+
+def generate(request: Request, progress: bool = True) -> Summary:
+    work = plan(request)
+    spec = work.spec
+    pipe = load(request.model, **request.load_args())
+    for cue in work.timeline:
+        pipe.encode(cue["prompt"])
+    pipe.offload_text_encoder()  # the prompts are encoded; later switches run it on the CPU
+    session = pipe.session(work.timeline[0]["prompt"], **vars(work.options))
+    writes = session.decoder.writes_video
+    num_chunks = work.latent_frames // spec.chunk_frames
+    cues = {cue["chunk"]: cue["prompt"] for cue in work.timeline[1:]}
+    total = spec.video_frames(work.latent_frames) if writes else work.latent_frames
+    bar = tqdm(total=total, unit="frame", disable=not progress, desc=request.policy, dynamic_ncols=True)
+    trace = open(request.trace, "w") if request.trace else None
+    start = time.perf_counter()
+    written = clip_frames = 0
+    try:
+        writer = Mp4Writer(request.out, session.width, session.height, spec.fps) if writes else None
+        with writer or nullcontext():
+            if work.init is not None:
+                clip = session.start_from(pipe.encode_frames(work.init))
+                if writer is not None:
+                    writer.write(clip[0].numpy())
+                    clip_frames = writer.frames
+            for index in range(num_chunks):
+                if index in cues:
+                    session.set_prompt(cues[index])
+                chunk = session.step()
+                if writer is not None:
+                    writer.write(chunk.frames[0].numpy())
+                    written = writer.frames
+                bar.update(chunk.frames.shape[1] if writer is not None else chunk.latents.shape[1])
+                if trace:
+                    trace.writelines(line + "\n" for line in trace_lines(session, index, session.decisions))
+    finally:
+        bar.close()
+        if trace:
+            trace.close()
+    seconds = time.perf_counter() - start
+    timeline = [dict(c, start_frame=c["start_frame"] + clip_frames, start_seconds=(c["start_frame"] + clip_frames) / spec.fps)
+                for c in work.timeline]
+    sidecar = Path(request.out).with_suffix(".timeline.json") if request.out is not None else None
+    if sidecar is not None and len(timeline) > 1:
+        sidecar.write_text(json.dumps(timeline, indent=1))
+    elif sidecar is not None and sidecar.exists():
+        sidecar.unlink()  # a previous run's timeline does not describe this video
+    frames = written or work.latent_frames
+    return Summary(
+        model=spec.name,
+        frames=frames,
+        latent_frames=session.frame,
+        duration_s=(written or spec.video_frames(session.frame)) / spec.fps,
+        seconds=seconds,
+        fps=(frames - clip_frames) / seconds,
+        peak_memory_bytes=peak_memory(pipe.device),
+        cache_bytes=session.cache.nbytes(),
+        timeline=timeline,
+    )
