@@ -145,6 +145,7 @@ class Session:
         self.sampler.start(1, self.latent_chw)
         self.cache.adopt(full)
         self.profiling, self.profiler = False, None
+        self._tally()
 
     # ---- stepping ------------------------------------------------------------------------------------
     def set_prompt(self, prompt: str) -> None:
@@ -183,6 +184,9 @@ class Session:
         keep = max(self.policy.recache_frames, 1)
         self.recent = latents if self.recent is None else torch.cat([self.recent, latents], dim=1)[:, -keep:]
         self.frame += latents.shape[1]
+        self._tally()
+
+    def _tally(self) -> None:
         self.decisions = list(self.cache.episodic_log)  # the cache keeps only the newest chunk's
         for decision in self.decisions:
             self.episodic_counts[decision["action"]] += 1
