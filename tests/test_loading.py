@@ -123,6 +123,9 @@ def test_fake_folder_loads_and_generates(layout, tmp_path):
     code = main(["generate", "--wan-dir", str(root), "--checkpoint", str(tmp_path / "self_forcing_dmd.pt"),
                  "--prompt", "a red ball", "--seconds", "1", "--size", "64x64", "--out", str(out), "--quiet"])
     assert code == 0 and count_frames(out) == 4 * 6 - 3
+    code = main(["generate", "--wan-dir", str(root), "--checkpoint", str(tmp_path / "self_forcing_dmd.pt"), "--dtype", "bfloat16",
+                 "--prompt", "a red ball", "--seconds", "1", "--size", "64x64", "--out", str(out), "--quiet"])
+    assert code == 0 and count_frames(out) == 4 * 6 - 3  # bfloat16 on a CPU: the real-weights path too
 
 
 def test_missing_pieces_are_listed(tmp_path, capsys):
@@ -167,11 +170,22 @@ def test_inspect(tmp_path, capsys):
     assert "missing: 1" in out and "blocks.0.attn1.to_q.weight" in out and "loadable: no" in out
 
 
-def test_safetensors_beside_a_pickle_is_preferred(tmp_path):
+def test_exactly_the_named_file_is_read(tmp_path, capsys):
+    """A .pt beside a .safetensors twin: the named one is read; a garbage .pt is refused (naming the twin),
+    never silently replaced by the twin; a valid .pt beside a bad twin loads."""
     from safetensors.torch import save_file
 
     from headforcing.models.checkpoint import read_state_dict
 
     torch.save({"w": torch.zeros(2)}, tmp_path / "model.pt")
     save_file({"w": torch.ones(2)}, str(tmp_path / "model.safetensors"))
-    assert torch.equal(read_state_dict(tmp_path / "model.pt")["w"], torch.ones(2))
+    assert torch.equal(read_state_dict(tmp_path / "model.pt")["w"], torch.zeros(2))
+    assert torch.equal(read_state_dict(tmp_path / "model.safetensors")["w"], torch.ones(2))
+    (tmp_path / "model.pt").write_bytes(b"garbage")
+    with pytest.raises(UsageError, match="model.safetensors beside it"):
+        read_state_dict(tmp_path / "model.pt")
+    assert main(["inspect", str(tmp_path / "model.pt")]) == 1
+    assert "loadable: no" in capsys.readouterr().out
+    torch.save({"w": torch.zeros(2)}, tmp_path / "good.pt")
+    (tmp_path / "good.safetensors").write_bytes(b"bad twin")
+    assert torch.equal(read_state_dict(tmp_path / "good.pt")["w"], torch.zeros(2))

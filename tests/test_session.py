@@ -221,3 +221,31 @@ def test_image_start_commits_one_frame_then_chunks(toy):
         session.start_from(toy.encode_frames(image))
     with pytest.raises(UsageError, match="cannot be committed in chunks of 3"):
         toy.session(PROMPTS[0]).start_from(torch.zeros(1, 2, 3, 32, 32))
+
+
+def test_toy_clip_continued_keeps_its_scene(toy):
+    """A 5 s world clip continued for 10 s under its own caption: the caption's background on every frame,
+    object colours found about as often as the model finds them unprompted, and the continuation picks up
+    where the clip ends (its first frame is nearer the clip's last than an unprompted video's frame there)."""
+    from headforcing.toyworld.eval import frame_metrics, read_frame
+    from headforcing.toyworld.world import generate, make_world
+
+    colours, unprompted = [], []
+    for seed in range(3):
+        world = make_world(seed, 32)
+        clip, _, _ = generate(seed, 21, 32)
+        session = toy.session(world.caption(), seed=seed)
+        given = session.start_from(toy.encode_frames(np.stack(clip)))
+        assert np.array_equal(given[0].numpy(), np.stack(clip))  # pixels: the clip itself opens the output
+        after = np.concatenate([session.step().frames[0].numpy() for _ in range(13)])
+        alone = toy.session(world.caption(), seed=seed)
+        own = np.concatenate([alone.step().frames[0].numpy() for _ in range(20)])[21:]
+        truth = {t.colour: t.shape for t in world.things}
+        for frames, out in ((after, colours), (own, unprompted)):
+            rows = [frame_metrics(read_frame(f, world.background), world.background, truth, None) for f in frames]
+            if out is colours:
+                assert all(r["background_ok"] for r in rows), seed
+            out.append(np.mean([r["colour_recall"] for r in rows]))
+        last = clip[-1].astype(float)
+        assert np.abs(after[0] - last).mean() < np.abs(own[0] - last).mean(), seed
+    assert np.mean(colours) >= np.mean(unprompted) - 0.1, (colours, unprompted)

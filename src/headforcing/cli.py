@@ -1,18 +1,36 @@
-"""headforcing generate | profile | eval | bench | toyworld train|eval | conformance | inspect"""
+"""headforcing generate | profile | eval | bench | toyworld train|eval | conformance | inspect
+
+Only light modules are imported here: `--help` and bad flags answer at once; torch loads when a command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
-from .cache.policy import PRESETS
-from .errors import UsageError
-from .models.specs import SPECS
-from .cache.profiler import DEFAULT_RULE
+from . import __version__, signals
+from .cache.policy import DEFAULT_RULE, PRESETS
+from .errors import RunError, UsageError
+
+MODELS = "toy (the shipped toy-world model), tiny (random, for tests), wan2.1-1.3b (the real shape)"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows a flag's default where it has one and its help does not already say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=HelpFormatter, **kwargs)
+
     def error(self, message):  # one line, exit code 2 (argparse prints the usage too)
         print(f"headforcing: error: {message}", file=sys.stderr)
         sys.exit(2)
@@ -27,11 +45,11 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def add_model_args(p) -> None:
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default="toy", choices=sorted(SPECS),
-                   help="toy: the shipped toy-world model (default); tiny: random, for tests; wan2.1-1.3b: the real shape")
+    p.add_argument("--seed", type=int, default=0, help="random seed, 0..2**63-1")
+    p.add_argument("--model", default="toy", help=MODELS)
     p.add_argument("--toy-weights", help="a toy-world checkpoint from `toyworld train` (default: the shipped one)")
-    p.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT, multiples of 16 (default: the model's)")
+    p.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT, multiples of 16 for Wan models, of 4 for the toy "
+                   "model (default: the model's, 832x480 / 32x32; or the --init-video clip's)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--dtype", help="float32 or bfloat16 (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -47,13 +65,14 @@ def add_model_args(p) -> None:
 
 def build_parser() -> Parser:
     parser = Parser(prog="headforcing", description="Long AR video generation with a head-wise KV cache.")
+    parser.add_argument("--version", action="version", version=f"headforcing {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     gen = sub.add_parser("generate", help="generate a video chunk by chunk")
     gen.add_argument("--prompt", action="append", help='a prompt; repeat as "text@SECONDS" for a timeline')
     gen.add_argument("--timeline", help='JSONL file of {"start": seconds, "prompt": text}')
-    gen.add_argument("--seconds", type=float, default=5.0, help="seconds of video to generate (default 5)")
-    gen.add_argument("--policy", default="headforcing", help=f"one of: {', '.join(PRESETS)}")
+    gen.add_argument("--seconds", type=float, help="seconds of video to generate (default: 5)")
+    gen.add_argument("--policy", help=f"one of: {', '.join(PRESETS)} (default: headforcing)")
     gen.add_argument("--out", help="output .mp4 (omit with --latents-only)")
     gen.add_argument("--latents-only", action="store_true", help="run the DiT only; decode and write nothing")
     gen.add_argument("--heads", help="HeadMap JSON for multi-role policies, or 'auto' to profile the first window online")
@@ -63,7 +82,11 @@ def build_parser() -> Parser:
     gen.add_argument("--init-video", help="continue this clip (its frames are encoded and committed as context; "
                      "--seconds and prompt times then count from its end)")
     gen.add_argument("--init-image", help="start from this image (committed alone as the first latent frame)")
+    gen.add_argument("--crf", type=int, help="H.264 quality, 0 (lossless) .. 51 (default: 18)")
+    gen.add_argument("--resume", help="a STEM.state.safetensors left by an interrupted run: finish that run into --out "
+                     "(prompts, timeline, seconds, policy, heads, seed and model come from the state)")
     add_model_args(gen)
+    gen.set_defaults(seed=None, model=None)  # None: not given (so --resume can tell a contradicting flag)
 
     prof = sub.add_parser("profile", help="measure what each head attends to and classify heads into roles")
     prof.add_argument("--out", required=True, help="heads.json (the HeadMap with its statistics); a .png beside it")
@@ -166,26 +189,41 @@ def prompt_timeline(args):
 
 
 def run_generate(args) -> int:
-    from .generate import Request, generate
+    from .generate import Request, generate, resume
 
+    if args.out is not None and args.latents_only:
+        raise UsageError("--latents-only writes nothing; give --out or --latents-only, not both")
+    if args.resume:
+        given = dict(model_request_args(args), seconds=args.seconds, policy=args.policy, heads=args.heads,
+                     init_video=args.init_video, init_image=args.init_image,
+                     prompt=prompt_timeline(args) if args.prompt or args.timeline else None,
+                     rule=None if args.rule == DEFAULT_RULE else args.rule, crf=args.crf)
+        summary = resume(args.resume, args.out, given, progress=not args.quiet)
+        return report_generate(args, summary)
     if args.out is None and not args.latents_only:
         raise UsageError("give --out FILE.mp4, or --latents-only")
     prompt = prompt_timeline(args)
     if isinstance(prompt, str) and not prompt.strip():
         raise UsageError("--prompt is empty")
+    args.seed = 0 if args.seed is None else args.seed
+    args.model = args.model or "toy"
     request = Request(
         prompt=prompt,
-        seconds=args.seconds,
-        policy=args.policy,
+        seconds=5.0 if args.seconds is None else args.seconds,
+        policy=args.policy or "headforcing",
         out=None if args.latents_only else args.out,
         heads=args.heads,
         rule=args.rule,
         trace=args.trace,
         init_video=args.init_video,
         init_image=args.init_image,
+        crf=18 if args.crf is None else args.crf,
         **model_request_args(args),
     )
-    summary = generate(request, progress=not args.quiet)
+    return report_generate(args, generate(request, progress=not args.quiet))
+
+
+def report_generate(args, summary) -> int:
     if summary.model == "tiny":
         print("note: the tiny model has random weights, so its video is noise; real weights give real videos.")
     if summary.model == "toy":
@@ -299,21 +337,29 @@ def run_inspect(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    commands = {
-        "generate": run_generate,
-        "profile": run_profile,
-        "eval": run_eval,
-        "bench": run_bench,
-        "conformance": run_conformance,
-        "inspect": run_inspect,
-        "toyworld": run_toyworld,
-    }
+    signals.install()  # Ctrl-C / SIGTERM from here on: one line, exit 130 / 143, no traceback
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past a file-size limit, writes fail (EFBIG) instead of killing us
     try:
+        args = build_parser().parse_args(argv)
+        commands = {
+            "generate": run_generate,
+            "profile": run_profile,
+            "eval": run_eval,
+            "bench": run_bench,
+            "conformance": run_conformance,
+            "inspect": run_inspect,
+            "toyworld": run_toyworld,
+        }
         return commands[args.command](args)
     except UsageError as e:
         print(f"headforcing: error: {e}", file=sys.stderr)
         return 2
+    except signals.Interrupted as e:
+        print(f"headforcing: {e.message}", file=sys.stderr)
+        return e.code
+    except RunError as e:
+        print(f"headforcing: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,3 +3,7 @@
 
 class UsageError(ValueError):
     """Bad input from the user: a preset, a size, a file. The message names the problem."""
+
+
+class RunError(RuntimeError):
+    """A run that failed for a reason outside the user's input (a full disk): one line, exit code 1."""

@@ -3,23 +3,24 @@ over a prompt timeline, frames streamed into an mp4, in constant memory."""
 
 from __future__ import annotations
 
+import errno
 import json
-import resource
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .cache.profiler import DEFAULT_RULE
-from .engine.pipeline import load, model_spec
+from .cache.policy import DEFAULT_RULE
+from .engine.pipeline import load, model_spec, peak_memory
 from .engine.session import SessionOptions, check_options
 from .engine.timeline import Cue, check_timeline, latent_frames_for, schedule
 from .engine.video import Mp4Writer, check_writable, read_clip, read_image
-from .errors import UsageError
+from . import signals
+from .errors import RunError, UsageError
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Request:
     context_noise: int | None = None  # the commit pass's timestep instead of the model's own (0..999)
     init_video: str | None = None  # a clip to continue
     init_image: str | None = None  # an image to start from
+    crf: int = 18  # H.264 quality (0: lossless)
 
     def load_args(self) -> dict:
         return dict(wan_dir=self.wan_dir, checkpoint=self.checkpoint, lora=self.lora, lora_alpha=self.lora_alpha,
@@ -122,6 +124,8 @@ def read_init(request: Request, spec) -> np.ndarray | None:
 
 
 def plan(request: Request) -> Plan:
+    if not 0 <= request.crf <= 51:
+        raise UsageError(f"--crf must be 0..51, got {request.crf}")
     spec, _, _ = model_spec(request.model, request.wan_dir, request.checkpoint)
     init = read_init(request, spec)
     options = request.session_options(size=(init.shape[2], init.shape[1]) if init is not None else None)
@@ -144,12 +148,6 @@ def plan(request: Request) -> Plan:
     return Plan(spec, options, latent_frames, schedule(cues, num_chunks, C, spec.fps, spec.vae_stride[0]), init)
 
 
-def peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
 def trace_lines(session, index: int, decisions: list[dict]) -> list[str]:
     """One JSON line per layer with episodic memory: this chunk's decisions and the slots' state."""
     lines = []
@@ -170,61 +168,143 @@ def trace_lines(session, index: int, decisions: list[dict]) -> list[str]:
     return lines
 
 
+def request_json(request: Request) -> dict:
+    data = asdict(request)
+    data["prompt"] = request.prompt if isinstance(request.prompt, str) else [asdict(c) for c in request.prompt]
+    return data
+
+
+def request_from_json(data: dict) -> Request:
+    data = dict(data)
+    if not isinstance(data.get("prompt"), str):
+        data["prompt"] = [Cue(**c) for c in data["prompt"]]
+    if data.get("size") is not None:
+        data["size"] = tuple(data["size"])
+    return Request(**data)
+
+
 def generate(request: Request, progress: bool = True) -> Summary:
     work = plan(request)
-    spec = work.spec
     pipe = load(request.model, **request.load_args())
     for cue in work.timeline:
         pipe.encode(cue["prompt"])
     pipe.offload_text_encoder()  # the prompts are encoded; later switches run it on the CPU
     session = pipe.session(work.timeline[0]["prompt"], **vars(work.options))
+    return stream(pipe, session, request, work.timeline, work.latent_frames, progress, init=work.init)
+
+
+# flags that a resumed run takes from its state, and may only repeat
+FIXED_BY_STATE = ("prompt", "seconds", "policy", "model", "seed", "heads", "rule", "size", "toy_weights", "wan_dir",
+                  "checkpoint", "lora", "lora_alpha", "context_noise", "init_video", "init_image", "dtype")
+
+
+def resume(state: str, out: str | None, given: dict, progress: bool = True) -> Summary:
+    """Finish the run an interrupted `generate` saved in `state`: its first part (the mp4 it left), then the
+    rest, into `out`. `given`: flags on the command line (None: not given); one that contradicts the state
+    is refused."""
+    from .engine.state import read_state
+    from .engine.video import count_frames
+
+    meta, _ = read_state(state)
+    run = meta.get("run")
+    if not isinstance(run, dict):
+        raise UsageError(f"{state} was not saved by `headforcing generate`; continue it from Python with Pipeline.resume")
+    try:
+        saved = request_from_json(run["request"])
+        first, frames = Path(run["video"]), int(run["frames"])
+    except (KeyError, TypeError, ValueError):
+        raise UsageError(f"{state} is inconsistent: its run description is incomplete") from None
+    for name, value in given.items():
+        if value is not None and name in FIXED_BY_STATE and value != getattr(saved, name):
+            raise UsageError(f"--{name.replace('_', '-')} {value!r} contradicts the resumed run's {getattr(saved, name)!r}; "
+                             "leave it out (the state fixes it)")
+    if out is None:
+        raise UsageError("give --out FILE.mp4 for the whole video")
+    if check_writable(out).resolve() == first.resolve():
+        raise UsageError(f"--out {out} is the first part itself; write the whole video to another file")
+    if not first.is_file() or count_frames(first) != frames:
+        raise UsageError(f"the run's first part {first} is missing or no longer holds its {frames} frames")
+    overrides = {k: given[k] for k in ("device", "text_encoder_device", "crf") if given.get(k) is not None}
+    request = replace(saved, out=out, trace=None, **overrides)
+    pipe = load(request.model, **request.load_args())
+    session = pipe.resume(state)
+    return stream(pipe, session, request, run["timeline"], run["latent_frames"], progress, first_part=first,
+                  clip_frames=run["clip_frames"])
+
+
+def stream(pipe, session, request: Request, timeline: list[dict], latent_frames: int, progress: bool,
+           init: np.ndarray | None = None, first_part: Path | None = None, clip_frames: int = 0) -> Summary:
+    """Step the session to `latent_frames` generated frames, switching prompts at the timeline's chunks and
+    writing frames as they come. The first SIGINT/SIGTERM stops after the chunk in flight: the mp4 is closed
+    with every frame so far and the state saved beside it (`signals.Interrupted` then says how to resume)."""
+    spec = pipe.spec
     writes = session.decoder.writes_video
-    num_chunks = work.latent_frames // spec.chunk_frames
-    cues = {cue["chunk"]: cue["prompt"] for cue in work.timeline[1:]}
-    total = spec.video_frames(work.latent_frames) if writes else work.latent_frames
+    num_chunks = latent_frames // spec.chunk_frames
+    cues = {cue["chunk"]: cue["prompt"] for cue in timeline[1:]}
+    given_frames = session.frame - session.chunk * spec.chunk_frames  # latent frames of the clip or image
+    total = spec.video_frames(given_frames + latent_frames) if writes else latent_frames
     bar = tqdm(total=total, unit="frame", disable=not progress, desc=request.policy, dynamic_ncols=True)
     trace = open(request.trace, "w") if request.trace else None
-    start = time.perf_counter()
-    written = clip_frames = 0
+    start, made = time.perf_counter(), 0
+    writer = None
     try:
-        writer = Mp4Writer(request.out, session.width, session.height, spec.fps) if writes else None
-        with writer or nullcontext():
-            if work.init is not None:
-                clip = session.start_from(pipe.encode_frames(work.init))
-                if writer is not None:
-                    writer.write(clip[0].numpy())
-                    clip_frames = writer.frames
-            for index in range(num_chunks):
-                if index in cues:
-                    session.set_prompt(cues[index])
-                chunk = session.step()
-                if writer is not None:
-                    writer.write(chunk.frames[0].numpy())
-                    written = writer.frames
-                bar.update(chunk.frames.shape[1] if writer is not None else chunk.latents.shape[1])
-                if trace:
-                    trace.writelines(line + "\n" for line in trace_lines(session, index, session.decisions))
+        with signals.deferred() as stop:
+            writer = Mp4Writer(request.out, session.width, session.height, spec.fps, request.crf) if writes else None
+            with writer or nullcontext():
+                if first_part is not None:
+                    bar.update(writer.copy(first_part))
+                elif init is not None:
+                    clip = session.start_from(pipe.encode_frames(init))
+                    if writer is not None:
+                        writer.write(clip[0].numpy())
+                        clip_frames = writer.frames
+                        bar.update(clip_frames)
+                while session.chunk < num_chunks and not stop:
+                    index = session.chunk
+                    if index in cues:
+                        session.set_prompt(cues[index])
+                    chunk = session.step()
+                    if writer is not None:
+                        writer.write(chunk.frames[0].numpy())
+                    made += chunk.frames.shape[1] if writer is not None else chunk.latents.shape[1]
+                    bar.update(chunk.frames.shape[1] if writer is not None else chunk.latents.shape[1])
+                    if trace:
+                        trace.writelines(line + "\n" for line in trace_lines(session, index, session.decisions))
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise RunError(f"the disk is full ({e.strerror}) after {writer.frames if writer else 0} frames of {request.out}: "
+                           "the partial video was removed and no state was saved") from None
+        raise
     finally:
         bar.close()
         if trace:
             trace.close()
     seconds = time.perf_counter() - start
-    timeline = [dict(c, start_frame=c["start_frame"] + clip_frames, start_seconds=(c["start_frame"] + clip_frames) / spec.fps)
-                for c in work.timeline]
+    if stop and request.out is not None:
+        state = str(Path(request.out).with_suffix(".state.safetensors"))
+        run = dict(request=request_json(request), timeline=timeline, latent_frames=latent_frames, video=str(Path(request.out).resolve()),
+                   frames=writer.frames, clip_frames=clip_frames)
+        session.save(state, run=run)
+        raise signals.Interrupted(stop.signum, f"interrupted: {request.out} holds the {writer.frames} frames made so far; "
+                                  f"resume with: headforcing generate --resume {state} --out FULL.mp4")
+    if stop:
+        raise signals.Interrupted(stop.signum, f"interrupted after {session.chunk} chunks (nothing was being written)")
+    shifted = [dict(c, start_frame=c["start_frame"] + clip_frames, start_seconds=(c["start_frame"] + clip_frames) / spec.fps)
+               for c in timeline]
     sidecar = Path(request.out).with_suffix(".timeline.json") if request.out is not None else None
-    if sidecar is not None and len(timeline) > 1:
-        sidecar.write_text(json.dumps(timeline, indent=1))
+    if sidecar is not None and len(shifted) > 1:
+        sidecar.write_text(json.dumps(shifted, indent=1))
     elif sidecar is not None and sidecar.exists():
         sidecar.unlink()  # a previous run's timeline does not describe this video
-    frames = written or work.latent_frames
+    frames = writer.frames if writer is not None else session.frame
     return Summary(
         model=spec.name,
         frames=frames,
         latent_frames=session.frame,
-        duration_s=(written or spec.video_frames(session.frame)) / spec.fps,
+        duration_s=(writer.frames if writer is not None else spec.video_frames(session.frame)) / spec.fps,
         seconds=seconds,
-        fps=(frames - clip_frames) / seconds,
+        fps=made / seconds,
         peak_memory_bytes=peak_memory(pipe.device),
         cache_bytes=session.cache.nbytes(),
-        timeline=timeline,
+        timeline=shifted,
     )

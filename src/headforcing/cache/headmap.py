@@ -85,4 +85,6 @@ class HeadMap:
             raise UsageError(f"cannot read HeadMap {path}: {e.strerror}") from None
         except json.JSONDecodeError as e:
             raise UsageError(f"HeadMap {path} is not valid JSON: {e.msg} at line {e.lineno}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"HeadMap {path} is not UTF-8 text") from None
         return cls.from_json(data)

@@ -18,6 +18,9 @@ from ..errors import UsageError
 from .headmap import HeadMap
 
 POSITION_SCHEMES = ("absolute", "compact")
+# How `--heads auto` / `headforcing profile` turn attention statistics into roles (cache/profiler.py reads it):
+# the top 25% of heads by sink mass are anchors, of the rest the top 20% by current-chunk mass are local.
+DEFAULT_RULE = "anchor=sink:top25%,local=current:top20%,memory=rest"
 SWITCH_RULES = ("keep", "recache")
 
 

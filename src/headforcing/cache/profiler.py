@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .headmap import HeadMap
+from .policy import DEFAULT_RULE
 from ..errors import UsageError
 
 CATEGORIES = ("sink", "current", "previous", "rest")
@@ -85,7 +86,6 @@ class RuleStep:
     at_least: float | None = None  # or: every remaining head whose `stat` >= this
 
 
-DEFAULT_RULE = "anchor=sink:top25%,local=current:top20%,memory=rest"
 STEP = re.compile(r"^(?P<role>[\w-]+)=(?:(?P<rest>rest)|(?P<stat>\w+):(?:top(?P<top>[\d.]+)%|>=(?P<min>[\d.]+)))$")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 from collections import OrderedDict
 from dataclasses import replace
 
@@ -46,6 +47,12 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if name not in table:
         raise UsageError(f"unknown dtype {name!r}; known: float32, bfloat16")
     return table[name]
+
+
+def peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 class Pipeline:

@@ -54,7 +54,8 @@ class ChunkSampler:
         self.chunk_frames = chunk_frames
         self.timesteps = schedule.warped()
         self.sigmas = [schedule.sigma(t) for t in self.timesteps]
-        param = next(transformer.parameters())
+        # the dtype the DiT computes in: its input projection's (Wan keeps norms and modulation tables in float32)
+        param = transformer.patch_embedding.weight if hasattr(transformer, "patch_embedding") else next(transformer.parameters())
         self.device, self.dtype = param.device, param.dtype
 
     def velocity(self, x: torch.Tensor, t: float, text: torch.Tensor) -> torch.Tensor:

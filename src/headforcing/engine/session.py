@@ -16,8 +16,8 @@ import torch
 from ..cache.episodic import EpisodicConfig
 from ..cache.headmap import HeadMap
 from ..cache.headwise import HeadwiseCache
-from ..cache.policy import Policy, RolePolicy, Sink, preset
-from ..cache.profiler import DEFAULT_RULE, HeadProfiler, classify, parse_rule
+from ..cache.policy import DEFAULT_RULE, Policy, RolePolicy, Sink, preset
+from ..cache.profiler import HeadProfiler, classify, parse_rule
 from ..errors import UsageError
 from ..models.schedule import Schedule
 from .sampler import ChunkSampler, SeededNoise
@@ -241,8 +241,9 @@ class Session:
             policy=self.options.policy,
         )
 
-    def save(self, path: str) -> None:
-        """Write this session's whole state to one safetensors file (tensors + JSON metadata, no pickle)."""
+    def save(self, path: str, run: dict | None = None) -> None:
+        """Write this session's whole state to one safetensors file (tensors + JSON metadata, no pickle).
+        `run`: JSON-able facts of the run driving it (what `generate --resume` needs), kept with the state."""
         from .state import save_session
 
-        save_session(self, path)
+        save_session(self, path, run)

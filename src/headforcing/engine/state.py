@@ -26,6 +26,7 @@ from ..cache.episodic import EpisodicConfig
 from ..cache.headmap import HeadMap
 from ..errors import UsageError
 from .decode import StreamingVaeDecoder
+from .files import publish
 
 FORMAT = "headforcing-session"
 VERSION = 1
@@ -54,7 +55,7 @@ def digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 # ---- saving ---------------------------------------------------------------------------------------------
-def save_session(session, path: str) -> None:
+def save_session(session, path: str, run: dict | None = None) -> None:
     cpu = lambda t: t.detach().to("cpu").contiguous().clone()  # noqa: E731
     tensors = {"noise.generator": session.noise.gen.get_state()}
     if session.recent is not None:
@@ -102,7 +103,7 @@ def save_session(session, path: str) -> None:
         chunk=session.chunk, frame=session.frame, origin=session.origin,
         prompt=session.prompt, pending=session.pending, history=session.history,
         episodic_counts=session.episodic_counts, stores=stores, decoder=decoder, profiler=profiler,
-        sha256=digest(tensors),
+        run=run, sha256=digest(tensors),
     )
     target = Path(path)
     if target.suffix != ".safetensors":
@@ -111,7 +112,7 @@ def save_session(session, path: str) -> None:
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"headforcing": json.dumps(meta)})
-        os.replace(tmp, target)
+        publish(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -160,10 +161,56 @@ def expect(tensors: dict, name: str, shape: tuple, path: str) -> torch.Tensor:
 
 def load_session(pipe, path: str):
     """A session continuing exactly where the one saved at `path` stopped."""
+    meta, tensors = read_state(path)
+    try:
+        return build_session(pipe, meta, tensors, path)
+    except UsageError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:  # edited metadata
+        raise UsageError(f"{path} is inconsistent: its metadata does not describe a session ({type(e).__name__}: {e})") from None
+
+
+def whole(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def check_fields(meta: dict, path: str) -> None:
+    """The JSON's scalars and lists have the types and ranges a session needs (it may have been edited)."""
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise UsageError(f"{path} is inconsistent: {what}")
+
+    text = lambda v: isinstance(v, str) and bool(v.strip())  # noqa: E731
+    need(all(whole(meta.get(k)) for k in ("chunk", "frame")) and meta.get("origin") in (0, 1), "chunk, frame or origin")
+    need(text(meta.get("prompt")) and (meta.get("pending") is None or text(meta["pending"])), "prompt or pending prompt")
+    history = meta.get("history")
+    need(isinstance(history, list) and bool(history) and all(
+        isinstance(h, dict) and whole(h.get("chunk")) and whole(h.get("frame")) and text(h.get("prompt")) for h in history), "prompt history")
+    counts = meta.get("episodic_counts")
+    need(isinstance(counts, dict) and sorted(counts) == ["admit", "merge", "replace"] and all(whole(v) for v in counts.values()),
+         "episodic counts")
+    for i, store in enumerate(meta.get("stores") or []):
+        memory = store.get("memory") if isinstance(store, dict) else None
+        need(isinstance(store, dict) and isinstance(store.get("frames"), list) and all(whole(f) for f in store["frames"])
+             and whole(store.get("recent_next")), f"store {i}'s frames")
+        need(memory is None or (isinstance(memory, dict) and isinstance(memory.get("count"), list)
+             and isinstance(memory.get("usage"), list) and len(memory["count"]) == len(memory["usage"])
+             and all(whole(c, 1) for c in memory["count"])
+             and all(isinstance(u, (int, float)) and not isinstance(u, bool) for u in memory["usage"])), f"store {i}'s episodic memory")
+    decoder = meta.get("decoder")
+    need(decoder is None or (isinstance(decoder, dict) and isinstance(decoder.get("first"), bool) and isinstance(decoder.get("feat"), list)
+         and all(k in (None, "Rep", "tensor") for k in decoder["feat"])), "decoder state")
+    profiler = meta.get("profiler")
+    sampled = profiler.get("sampled_for") if isinstance(profiler, dict) else None
+    need(profiler is None or (isinstance(profiler, dict) and (sampled is None or (
+        isinstance(sampled, list) and len(sampled) == 2 and all(whole(v) for v in sampled)))), "profiler state")
+
+
+def build_session(pipe, meta: dict, tensors: dict, path: str):
     from .session import Session
 
-    meta, tensors = read_state(path)
     check_model(meta, pipe, path)
+    check_fields(meta, path)
     options = dict(meta["options"])
     if options.get("size") is not None:
         options["size"] = tuple(options["size"])
@@ -199,6 +246,8 @@ def restore(session, meta: dict, tensors: dict, path: str) -> None:
         writes.append((store.v_ctx, used, expect(tensors, f"store.{i}.v", shape, path)))
         if (saved["memory"] is None) != (store.memory is None):
             raise UsageError(f"{path} is inconsistent: store {i}'s episodic memory")
+        if saved["recent_next"] >= max(store.n_recent, 1) or (store.memory is not None and len(saved["memory"]["count"]) != max(0, n - store.episodic_first)):
+            raise UsageError(f"{path} is inconsistent: store {i}'s ring position or episodic slots")
     feats = []
     if meta["decoder"] is not None:
         if not isinstance(session.decoder, StreamingVaeDecoder) or len(meta["decoder"]["feat"]) != len(session.decoder.feat_cache):

@@ -20,17 +20,24 @@ class Cue:
 
 
 def parse_prompt_arg(text: str) -> Cue:
-    """'a cat@10' -> Cue(10, 'a cat'); without '@SECONDS' the prompt starts at 0."""
-    m = re.match(r"^(?P<prompt>.*)@(?P<start>[0-9]*\.?[0-9]+)$", text, flags=re.S)
-    return Cue(float(m["start"]), m["prompt"]) if m else Cue(0.0, text)
+    """'a cat@10' -> Cue(10, 'a cat'); without '@SECONDS' the prompt starts at 0. A tail after the last '@'
+    that starts like a number ('@-1', '@1e', '@5s') must be seconds >= 0, else UsageError."""
+    prompt, at, tail = text.rpartition("@")
+    if not at or not re.match(r"\s*[-+.0-9]", tail):
+        return Cue(0.0, text)
+    if not re.fullmatch(r"\s*[0-9]*\.?[0-9]+\s*", tail):
+        raise UsageError(f"prompt {text!r}: the time after '@' must be seconds >= 0, got {tail.strip()!r}")
+    return Cue(float(tail), prompt)
 
 
 def read_timeline(path: str | Path) -> list[Cue]:
     """JSONL lines {"start": seconds, "prompt": text}."""
     try:
-        lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+        lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     except OSError as e:
         raise UsageError(f"cannot read timeline {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"timeline {path} is not UTF-8 text") from None
     cues = []
     for n, line in enumerate(lines, 1):
         try:

@@ -10,6 +10,7 @@ import av
 import numpy as np
 
 from ..errors import UsageError
+from .files import publish
 
 
 def check_writable(path: str | Path) -> Path:
@@ -45,6 +46,16 @@ class Mp4Writer:
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, "yuv420p"
         self.frames = 0
 
+    def copy(self, path: str | Path) -> int:
+        """Append every frame of another video (decoded to its own pixel format, no colour conversion); returns
+        how many. With --crf 0 (lossless) the copied frames are the original's exactly."""
+        with av.open(str(path)) as source:
+            for frame in source.decode(video=0):
+                frame.pts = None
+                self.container.mux(self.stream.encode(frame.reformat(format="yuv420p")))
+                self.frames += 1
+        return self.frames
+
     def write(self, frames: np.ndarray) -> None:
         """frames [N, H, W, 3] uint8."""
         for frame in frames:
@@ -60,10 +71,7 @@ class Mp4Writer:
                 self.container.mux(self.stream.encode())
             self.container.close()
             if exc_type is None:
-                umask = os.umask(0)
-                os.umask(umask)
-                os.chmod(self.tmp, 0o666 & ~umask)
-                os.replace(self.tmp, self.path)
+                publish(self.tmp, self.path)
         finally:
             if os.path.exists(self.tmp):
                 os.unlink(self.tmp)

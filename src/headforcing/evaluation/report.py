@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.files import publish
 from ..errors import UsageError
 from .metrics import SEGMENT_METRICS, analyse, frames_of, open_video
 
@@ -136,4 +137,4 @@ def write_outputs(out: Path, metrics: dict) -> None:
         fd, tmp = tempfile.mkstemp(dir=out, prefix=".partial-")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, out / name)
+        publish(tmp, out / name)

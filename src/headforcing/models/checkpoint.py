@@ -21,6 +21,8 @@ PREFIXES = ("model._fsdp_wrapped_module.", "base_model.model.", "model.", "modul
 
 def read_pt(path: str | Path) -> dict:
     """torch.load without unpickling arbitrary objects (memory-mapped where the format allows)."""
+    twin = Path(path).with_suffix(".safetensors")
+    hint = f"; {twin} beside it may be the same weights: name it instead" if twin.is_file() else ""
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -33,16 +35,14 @@ def read_pt(path: str | Path) -> dict:
     except Exception as e:  # an unsafe pickle, or not a torch file at all
         raise UsageError(
             f"{path} cannot be read as a plain dict of tensors ({type(e).__name__}); "
-            "if it holds Python objects, load it once in a trusted session and save the state dict with safetensors"
+            "if it holds Python objects, load it once in a trusted session and save the state dict with safetensors" + hint
         ) from None
 
 
 def read_state_dict(path: str | Path) -> dict:
-    """A .safetensors, .pt, .pth or .bin file -> dict (tensors stay memory-mapped where possible).
-    A pickle-format path with a .safetensors file beside it (same stem) is read from the safetensors."""
+    """A .safetensors, .pt, .pth or .bin file -> dict (tensors stay memory-mapped where possible). Exactly the
+    file named is read (a refused pickle names a .safetensors twin beside it, if any, but never reads it)."""
     path = Path(path)
-    if path.suffix in (".pt", ".pth", ".bin") and path.with_suffix(".safetensors").exists():
-        path = path.with_suffix(".safetensors")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -96,6 +96,9 @@ def inspect_path(path: str | Path) -> Report:
         except UsageError as e:
             report.lines.append(f"{path.name}: {e}")
             report.loadable = False
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:  # names it probes, then lacks
+            report.lines.append(f"{path.name}: looks like a known format but lacks what it needs ({type(e).__name__}: {e})")
+            report.loadable = False
         report.lines.append(f"loadable: {'yes' if report.loadable else 'no'}")
         return report
     try:

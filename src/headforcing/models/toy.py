@@ -123,8 +123,13 @@ def load_toy(path: str | None = None):
         if not ref.is_file():
             raise UsageError(f"the toy model's weights are missing from the package ({WEIGHTS}); reinstall headforcing")
         path = str(ref)
-    state = load_file(path)
     transformer, words = build_transformer(TOY), build_word_encoder()
-    transformer.load_state_dict({k[12:]: v for k, v in state.items() if k.startswith("transformer.")})
-    words.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("words.")})
+    try:
+        state = load_file(path)
+        transformer.load_state_dict({k[12:]: v for k, v in state.items() if k.startswith("transformer.")})
+        words.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("words.")})
+    except FileNotFoundError:
+        raise UsageError(f"toy-world weights {path} do not exist") from None
+    except Exception as e:  # not safetensors, or not this model's tensors (names or shapes)
+        raise UsageError(f"{path} is not a toy-world checkpoint ({type(e).__name__}); `toyworld train` writes them") from None
     return transformer.eval(), words.eval()

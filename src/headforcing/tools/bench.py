@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..engine.pipeline import Pipeline, load
+from ..engine.pipeline import Pipeline, load, peak_memory
 from ..engine.timeline import latent_frames_for
-from ..generate import peak_memory
 
 
 def forward_flops(config: dict, tokens: int, text_len: int, groups: list[tuple[int, int]], text_kv: bool = True) -> float:

@@ -30,6 +30,8 @@ def read_prompts(path: str | None, model: str = "wan2.1-1.3b") -> list[str]:
         prompts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     except OSError as e:
         raise UsageError(f"cannot read prompts {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"prompts {path} is not UTF-8 text") from None
     if not prompts:
         raise UsageError(f"{path} holds no prompt")
     return prompts
@@ -54,7 +56,7 @@ def profile(args, load_args: dict, session_args: dict) -> Path:
     if args.source:
         try:
             data = json.loads(Path(args.source).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
             raise UsageError(f"cannot read statistics {args.source}: {e}") from None
         stats = data.get("stats", data)
         if "denoise" not in stats:

@@ -1,0 +1,232 @@
+"""Interruptions (SIGINT, SIGTERM, a second signal, a signal at start-up), resuming from the command line,
+a full disk, and one line with exit 2 for every bad input."""
+
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from headforcing.cli import main
+
+SCENE = ["--prompt", "a red circle bounces on a green background@0", "--prompt", "a blue square bounces on a green background@20"]
+RUN = ["generate", *SCENE, "--seconds", "40", "--crf", "0"]  # 162 frames of the toy model; lossless, to compare frames
+
+
+def yuv_frames(path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="yuv420p") for f in container.decode(video=0)]
+
+
+class Run:
+    """`headforcing ARGS` in a subprocess, its stderr read as it comes (the progress bar shows frames made)."""
+
+    def __init__(self, args, cwd, **kw):
+        self.proc = subprocess.Popen([sys.executable, "-m", "headforcing.cli", *args], cwd=cwd, stderr=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, **kw)
+        self.err = b""
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for chunk in iter(lambda: self.proc.stderr.read1(4096), b""):
+            self.err += chunk
+
+    def frames_made(self) -> int:
+        counts = re.findall(rb"(\d+)/\d+ \[", self.err)
+        return int(counts[-1]) if counts else 0
+
+    def wait_for(self, frames: int, timeout: float = 120) -> None:
+        end = time.time() + timeout
+        while self.frames_made() < frames:
+            assert self.proc.poll() is None and time.time() < end, self.err[-500:]
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 120) -> tuple[int, str]:
+        code = self.proc.wait(timeout)
+        self.reader.join(5)
+        return code, self.err.decode(errors="replace").split("\r")[-1].strip()
+
+
+def test_sigint_closes_the_video_saves_the_state_and_resume_equals_the_uninterrupted_run(tmp_path):
+    assert main([*RUN, "--out", str(tmp_path / "ref.mp4"), "--quiet"]) == 0
+    run = Run([*RUN, "--out", "part.mp4"], tmp_path)
+    run.wait_for(30)
+    run.proc.send_signal(signal.SIGINT)
+    code, last = run.finish()
+    assert code == 130 and "Traceback" not in last
+    assert last.splitlines()[-1].startswith("headforcing: interrupted: part.mp4 holds the ")
+    assert "headforcing generate --resume part.state.safetensors --out FULL.mp4" in last
+    made = len(yuv_frames(tmp_path / "part.mp4"))  # the mp4 plays, with every frame of the chunks finished
+    assert made >= 30 and made % 3 == 0 and f"holds the {made} frames" in last
+    assert not list(tmp_path.glob(".partial-*"))
+    assert main(["generate", "--resume", str(tmp_path / "part.state.safetensors"), "--out", str(tmp_path / "full.mp4"), "--quiet"]) == 0
+    full, ref = yuv_frames(tmp_path / "full.mp4"), yuv_frames(tmp_path / "ref.mp4")
+    assert len(full) == len(ref) == 162 and all(np.array_equal(a, b) for a, b in zip(full, ref))
+    assert json.loads((tmp_path / "full.timeline.json").read_text()) == json.loads((tmp_path / "ref.timeline.json").read_text())
+
+
+def test_sigterm_the_same_with_143(tmp_path):
+    run = Run([*RUN, "--out", "part.mp4"], tmp_path)
+    run.wait_for(12)
+    run.proc.send_signal(signal.SIGTERM)
+    code, last = run.finish()
+    assert code == 143 and "resume with" in last and (tmp_path / "part.state.safetensors").is_file()
+    assert len(yuv_frames(tmp_path / "part.mp4")) >= 12
+
+
+def test_a_second_signal_stops_at_once(tmp_path):
+    run = Run(["generate", "--prompt", "a red circle bounces on a green background", "--seconds", "600", "--out", "v.mp4"], tmp_path)
+    run.wait_for(6)
+    run.proc.send_signal(signal.SIGINT)
+    run.proc.send_signal(signal.SIGINT)
+    code, last = run.finish()
+    assert code == 130 and "Traceback" not in last and "interrupted" in last
+    assert not list(tmp_path.glob(".partial-*"))
+
+
+def test_a_signal_during_start_up_is_one_line_and_no_file(tmp_path):
+    run = Run(["generate", "--prompt", "a red circle", "--seconds", "60", "--out", "v.mp4"], tmp_path)
+    time.sleep(1.0)  # importing torch / loading the model
+    run.proc.send_signal(signal.SIGTERM)
+    code, last = run.finish()
+    assert code == 143 and last == "headforcing: interrupted", last
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_refuses_what_contradicts_the_state(tmp_path, capsys):
+    run = Run([*RUN, "--out", "part.mp4", "--seed", "4"], tmp_path)
+    run.wait_for(6)
+    run.proc.send_signal(signal.SIGINT)
+    assert run.finish()[0] == 130
+    state = str(tmp_path / "part.state.safetensors")
+    cases = [(["--seed", "5"], "--seed 5 contradicts the resumed run's 4"), (["--policy", "longlive"], "--policy 'longlive' contradicts"),
+             (["--seconds", "10"], "--seconds 10.0 contradicts"), (["--prompt", "a cat"], "--prompt 'a cat' contradicts")]
+    for extra, message in cases:
+        assert main(["generate", "--resume", state, "--out", str(tmp_path / "x.mp4"), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["generate", "--resume", state, "--out", str(tmp_path / "part.mp4")]) == 2
+    assert "is the first part itself" in capsys.readouterr().err
+    (tmp_path / "part.mp4").rename(tmp_path / "moved.mp4")
+    assert main(["generate", "--resume", state, "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "first part" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
+
+
+def test_resume_of_a_state_not_saved_by_generate(tmp_path, capsys):
+    import headforcing
+
+    session = headforcing.load("toy").session("a red circle bounces on a green background")
+    session.step()
+    session.save(str(tmp_path / "s.state.safetensors"))
+    assert main(["generate", "--resume", str(tmp_path / "s.state.safetensors"), "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "not saved by `headforcing generate`" in capsys.readouterr().err
+
+
+def limit_file_size():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+
+def test_a_full_disk_is_one_line_and_no_half_file(tmp_path):
+    """`ulimit -f` stands in for a full disk: writes past it fail (EFBIG)."""
+    run = Run(["generate", "--prompt", "a red circle bounces on a green background", "--seconds", "60", "--out", "v.mp4", "--quiet"],
+              tmp_path, preexec_fn=limit_file_size)
+    code, last = run.finish()
+    assert code == 1 and last.startswith("headforcing: error: the disk is full (File too large)") and "removed" in last
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("model", ["toy", "tiny"])
+def test_bfloat16_on_a_cpu(model, tmp_path):
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--model", model, "--prompt", "a red circle", "--seconds", "2", "--dtype", "bfloat16",
+                 "--out", str(out), "--quiet"]) == 0
+    assert len(yuv_frames(out)) == (9 if model == "toy" else 33)
+
+
+BAD = [
+    (["--size", "100000x100000"], "larger than 4096x4096"),
+    (["--seed", "99999999999999999999999"], "--seed must be an integer in 0..2**63-1"),
+    (["--seed", "-1"], "--seed must be an integer in 0..2**63-1"),
+    (["--device", "cuda"], "not available on this machine"),
+    (["--device", "cuda:1"], "not available on this machine"),
+    (["--device", "mps"], "not supported"),
+    (["--device", "gpu0"], "unknown device"),
+    (["--trace", "/nonexistent/t.jsonl"], "--trace folder /nonexistent does not exist"),
+    (["--toy-weights", "RANDOM"], "is not a toy-world checkpoint"),
+    (["--timeline", "BINARY"], "is not UTF-8 text"),
+    (["--prompt", "a cat@-1"], "the time after '@' must be seconds >= 0, got '-1'"),
+    (["--prompt", "a cat@0", "--prompt", "a dog@1x"], "got '1x'"),
+    (["--latents-only"], "--latents-only writes nothing"),
+    (["--crf", "60"], "--crf must be 0..51"),
+    (["--init-video", "BINARY"], "is not a readable video"),
+    (["--init-image", "BINARY"], "is not a readable image"),
+    (["--init-video", "CLIP16"], "is 16 fps; the model makes 4 fps video"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD)
+def test_bad_input_is_one_line_exit_2_and_no_file(extra, message, tmp_path, capsys):
+    (tmp_path / "random.bin").write_bytes(os.urandom(300))
+    (tmp_path / "binary.bin").write_bytes(b"\xff\xfe\x00\x81" * 50)
+    if "CLIP16" in extra:
+        from headforcing.engine.video import Mp4Writer
+
+        with Mp4Writer(tmp_path / "clip16.mp4", 32, 32, 16) as w:
+            w.write(np.zeros((9, 32, 32, 3), np.uint8))
+    names = {"RANDOM": "random.bin", "BINARY": "binary.bin", "CLIP16": "clip16.mp4"}
+    extra = [str(tmp_path / names[x]) if x in names else x for x in extra]
+    prompt = [] if "--prompt" in extra or "--timeline" in extra else ["--prompt", "a red circle"]
+    before = set(tmp_path.iterdir())
+    assert main(["generate", *prompt, *extra, "--out", str(tmp_path / "v.mp4"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert set(tmp_path.iterdir()) == before
+
+
+def test_inspect_a_state_dict_without_the_keys_it_probes(tmp_path, capsys):
+    torch.save({"patch_embedding.weight": torch.zeros(2, 2)}, tmp_path / "half.pt")
+    assert main(["inspect", str(tmp_path / "half.pt")]) == 1
+    assert "lacks what it needs" in capsys.readouterr().out
+
+
+def test_help_and_version_without_torch():
+    """`--help` answers before torch is imported (under a second); `--version` exists."""
+    code = ("import sys; from headforcing.cli import build_parser; build_parser().format_help(); "
+            "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"
+    done = subprocess.run([sys.executable, "-m", "headforcing.cli", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and re.fullmatch(r"headforcing \d+\.\d+\.\d+\n", done.stdout)
+
+
+def test_a_reused_out_drops_a_timeline_that_does_not_describe_it(tmp_path):
+    out = tmp_path / "v.mp4"
+    assert main(["generate", *SCENE, "--seconds", "21", "--out", str(out), "--quiet"]) == 0
+    assert out.with_suffix(".timeline.json").is_file()
+    assert main(["generate", "--prompt", "a red circle", "--seconds", "2", "--out", str(out), "--quiet"]) == 0
+    assert not out.with_suffix(".timeline.json").exists()
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "v.mp4"
+        assert main(["generate", "--prompt", "a red circle", "--seconds", "6", "--out", str(out), "--quiet"]) == 0
+        assert main(["eval", str(out), "--out", str(tmp_path / "report")]) == 0
+        import headforcing
+
+        session = headforcing.load("toy").session("a red circle")
+        session.save(str(tmp_path / "s.state.safetensors"))
+    finally:
+        os.umask(old)
+    files = [out, tmp_path / "report" / "metrics.json", tmp_path / "report" / "segments.csv", tmp_path / "s.state.safetensors"]
+    assert all(f.stat().st_mode & 0o777 == 0o644 for f in files), [oct(f.stat().st_mode) for f in files]
