@@ -83,6 +83,11 @@ def build_parser() -> Parser:
                      "--seconds and prompt times then count from its end)")
     gen.add_argument("--init-image", help="start from this image (committed alone as the first latent frame)")
     gen.add_argument("--crf", type=int, help="H.264 quality, 0 (lossless) .. 51 (default: 18)")
+    gen.add_argument("--prompts", help="a prompt set: text (a prompt a line) or JSONL ({\"prompt\"} or {\"timeline\"}, "
+                     "optional \"id\", \"seed\"); one video per entry into --out-dir; shard it with torchrun")
+    gen.add_argument("--out-dir", help="folder for a prompt set's videos and manifest.jsonl")
+    gen.add_argument("--policies", help="with --prompts: comma-separated policies, each entry made under each "
+                     "(DIR/<policy>/<id>.mp4)")
     gen.add_argument("--resume", help="a STEM.state.safetensors left by an interrupted run: finish that run into --out "
                      "(prompts, timeline, seconds, policy, heads, seed and model come from the state)")
     add_model_args(gen)
@@ -98,7 +103,8 @@ def build_parser() -> Parser:
     add_model_args(prof)
 
     ev = sub.add_parser("eval", help="long-video metrics over time for one or more mp4 files")
-    ev.add_argument("videos", nargs="+")
+    ev.add_argument("videos", nargs="+", help="mp4 files, or folders of them (DIR/<policy>/<id>.mp4: one row per policy); "
+                    "shard them with torchrun")
     ev.add_argument("--out", required=True, help="folder for metrics.json, segments.csv and plots")
     ev.add_argument("--segments", default="5s", help="segment length (default 5s)")
     ev.add_argument("--prompt-timeline", help="a .timeline.json or JSONL timeline, for per-prompt CLIP scores")
@@ -193,6 +199,8 @@ def run_generate(args) -> int:
 
     if args.out is not None and args.latents_only:
         raise UsageError("--latents-only writes nothing; give --out or --latents-only, not both")
+    if args.prompts or args.out_dir or args.policies:
+        return run_prompt_set(args)
     if args.resume:
         given = dict(model_request_args(args), seconds=args.seconds, policy=args.policy, heads=args.heads,
                      init_video=args.init_video, init_image=args.init_image,
@@ -223,6 +231,30 @@ def run_generate(args) -> int:
     return report_generate(args, generate(request, progress=not args.quiet))
 
 
+def run_prompt_set(args) -> int:
+    from .batch import run_prompt_set as run_set
+    from .generate import Request
+
+    if not args.prompts or not args.out_dir:
+        raise UsageError("a prompt set needs both --prompts FILE and --out-dir DIR")
+    clashes = [flag for flag, value in (("--prompt", args.prompt), ("--timeline", args.timeline), ("--out", args.out),
+               ("--resume", args.resume), ("--init-video", args.init_video), ("--init-image", args.init_image),
+               ("--latents-only", args.latents_only), ("--trace", args.trace), ("--eval", args.eval)) if value]
+    if clashes:
+        raise UsageError(f"{clashes[0]} does not go with --prompts (each entry of the file is one video into --out-dir)")
+    if args.policy and args.policies:
+        raise UsageError("give --policy or --policies, not both")
+    policies = (args.policies or args.policy or "headforcing").split(",")
+    args.seed = 0 if args.seed is None else args.seed
+    args.model = args.model or "toy"
+    template = Request(prompt="", seconds=5.0 if args.seconds is None else args.seconds, heads=args.heads, rule=args.rule,
+                       crf=18 if args.crf is None else args.crf, **model_request_args(args))
+    counts = run_set(template, args.prompts, args.out_dir, policies, progress=not args.quiet)
+    print(f"rank {counts['rank']} of {counts['world']}: {counts['made']} made, {counts['skipped']} already done, "
+          f"{counts['failed']} failed -> {counts['manifest']}")
+    return 0
+
+
 def report_generate(args, summary) -> int:
     if summary.model == "tiny":
         print("note: the tiny model has random weights, so its video is noise; real weights give real videos.")
@@ -247,12 +279,17 @@ def run_eval(args) -> int:
     from .evaluation.report import evaluate, parse_seconds
 
     metrics = evaluate(args.videos, args.out, parse_seconds(args.segments), args.prompt_timeline, args.weights_dir, args.clip_seconds)
+    if metrics is None:  # a rank other than 0 under torchrun: rank 0 writes the merged report
+        return 0
     for name, r in metrics["videos"].items():
         print(f"{name}: {r['duration_s']:.2f} s, flicker {r['temporal_flickering']:.4f}, dynamic (proxy) "
               f"{r['dynamic_degree_proxy']:.0f}, smoothness (proxy) {r['motion_smoothness_proxy']:.4f}, "
               f"luma gap {r['gap']['luma']:+.4f}")
     for note in metrics["notes"]:
         print(f"note: {note}")
+    for policy, row in metrics.get("policies", {}).items():
+        print(f"policy {policy}: {row['videos']} videos, flicker {row['temporal_flickering']:.4f}, "
+              f"smoothness (proxy) {row['motion_smoothness_proxy']:.4f}, luma gap {row['gap_luma']:+.4f}")
     print(f"wrote {args.out}/metrics.json, segments.csv and {len(metrics['segment_metrics'])} plots")
     return 0
 

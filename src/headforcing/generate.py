@@ -183,9 +183,10 @@ def request_from_json(data: dict) -> Request:
     return Request(**data)
 
 
-def generate(request: Request, progress: bool = True) -> Summary:
+def generate(request: Request, progress: bool = True, pipe=None) -> Summary:
+    """One video. `pipe`: an already loaded model to use (prompt sets load once per process)."""
     work = plan(request)
-    pipe = load(request.model, **request.load_args())
+    pipe = pipe or load(request.model, **request.load_args())
     for cue in work.timeline:
         pipe.encode(cue["prompt"])
     pipe.offload_text_encoder()  # the prompts are encoded; later switches run it on the CPU

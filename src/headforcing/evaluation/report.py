@@ -15,6 +15,7 @@ import numpy as np
 
 from ..engine.files import publish
 from ..errors import UsageError
+from ..ranks import Group, world
 from .metrics import SEGMENT_METRICS, analyse, frames_of, open_video
 
 
@@ -61,9 +62,82 @@ def small_frames(path, side: int = 256) -> tuple[np.ndarray, float]:
     return np.stack(out), fps
 
 
+def expand(paths: list[str]) -> list[tuple[str, str]]:
+    """(name, file) of every video: a folder gives its .mp4 files (recursively, sorted; named by their path
+    inside it, so DIR/<policy>/<id>.mp4 keeps its policy), a file its name (its path if names repeat)."""
+    pairs = []
+    for given in paths:
+        root = Path(given)
+        if root.is_dir():
+            found = sorted(p for p in root.rglob("*.mp4") if not p.name.startswith("."))
+            if not found:
+                raise UsageError(f"folder {root} holds no .mp4 video")
+            pairs += [(p.relative_to(root).as_posix(), str(p)) for p in found]
+        else:
+            pairs.append((root.name, given))
+    if len({n for n, _ in pairs}) != len(pairs):
+        pairs = [(v, v) for _, v in pairs]
+    return pairs
+
+
+def policy_table(results: dict) -> dict:
+    """Per policy (a video's folder: DIR/<policy>/<id>.mp4), the mean of each video-level metric: the table a
+    paper reports, one row per policy. Empty when the videos are not in policy folders."""
+    groups: dict[str, list[dict]] = {}
+    for name, report in results.items():
+        if "/" in name:
+            groups.setdefault(name.split("/")[0], []).append(report)
+    table = {}
+    for policy, reports in sorted(groups.items()):
+        row = {m: float(np.nanmean([r[m] for r in reports])) for m in VIDEO_METRICS}
+        row |= {f"gap_{m}": float(np.nanmean([r["gap"][m] for r in reports])) for m in SEGMENT_METRICS}
+        table[policy] = dict(videos=len(reports), **row)
+    return table
+
+
+VIDEO_METRICS = ("temporal_flickering", "dynamic_degree_proxy", "motion_smoothness_proxy", "duration_s")
+
+
 def evaluate(videos: list[str], out_dir: str, segment_seconds: float = 5.0, prompt_timeline: str | None = None,
-             weights_dir: str | None = None, clip_seconds: float = 2.0) -> dict:
-    results, notes = {}, []
+             weights_dir: str | None = None, clip_seconds: float = 2.0) -> dict | None:
+    """Measure the videos (files or folders of them). Under torchrun each rank measures every world-th video
+    and rank 0 writes the merged files once all are done (other ranks return None)."""
+    rank, size, _ = world()
+    pairs = expand(videos)
+    group = Group(size)
+    try:
+        results, notes, errors = measure([p for i, p in enumerate(pairs) if i % size == rank], segment_seconds,
+                                         prompt_timeline, weights_dir, clip_seconds)
+        if size > 1:  # every rank reaches the barrier, even with a bad video: rank 0 says what failed
+            parts = Path(out_dir) / ".parts"
+            parts.mkdir(parents=True, exist_ok=True)
+            (parts / f"rank{rank}.json").write_text(json.dumps(clean(dict(results=results, notes=notes, errors=errors))))
+            group.barrier()
+            if rank != 0:
+                return None
+            for r in range(size):
+                part = json.loads((parts / f"rank{r}.json").read_text())
+                results |= part["results"]
+                notes += [n for n in part["notes"] if n not in notes]
+                errors += part["errors"]
+            for r in range(size):
+                (parts / f"rank{r}.json").unlink()
+            parts.rmdir()
+    finally:
+        group.close()
+    if errors:
+        raise UsageError(errors[0])
+    results = {name: results[name] for name, _ in pairs}  # the order given, whichever rank measured it
+    metrics = {"videos": results, "notes": notes, "segment_metrics": list(SEGMENT_METRICS)}
+    if policy_table(results):
+        metrics["policies"] = policy_table(results)
+    write_outputs(Path(out_dir), metrics)
+    return metrics
+
+
+def measure(pairs: list[tuple[str, str]], segment_seconds, prompt_timeline, weights_dir, clip_seconds) -> tuple[dict, list, list]:
+    """(reports by name, notes, errors): a video that cannot be measured is an error, not a crash."""
+    results, notes, errors = {}, [], []
     embedders, text_embed = {}, None
     if weights_dir:
         from .learned import load_embedders
@@ -71,22 +145,21 @@ def evaluate(videos: list[str], out_dir: str, segment_seconds: float = 5.0, prom
         embedders, text_embed, notes = load_embedders(weights_dir)
     else:
         notes.append("learned-model metrics skipped: no --weights-dir")
-    names = [Path(v).name for v in videos]
-    if len(set(names)) != len(names):
-        names = [str(v) for v in videos]
-    for name, video in zip(names, videos):
-        report = analyse(video, segment_seconds)
-        if prompt_timeline:
-            report["prompt_segments"] = read_prompt_segments(prompt_timeline, report["duration_s"])
+    for name, video in pairs:
+        try:
+            report = analyse(video, segment_seconds)
+            if prompt_timeline:
+                report["prompt_segments"] = read_prompt_segments(prompt_timeline, report["duration_s"])
+        except UsageError as e:
+            errors.append(str(e))
+            continue
         if embedders:
             from .learned import learned_metrics
 
             frames, rate = small_frames(video)
             report["learned"] = learned_metrics(frames, rate, embedders, clip_seconds, report.get("prompt_segments"), text_embed)
         results[name] = report
-    metrics = {"videos": results, "notes": notes, "segment_metrics": list(SEGMENT_METRICS)}
-    write_outputs(Path(out_dir), metrics)
-    return metrics
+    return results, notes, errors
 
 
 def clean(value):
