@@ -97,3 +97,12 @@ def test_prompt_set_flags_that_do_not_go_together(tmp_path, capsys):
         args = ["generate", "--prompts", str(tmp_path / "p.txt"), *extra] + (["--out-dir", str(tmp_path / "d")] if extra else [])
         assert main(args) == 2 and message in capsys.readouterr().err
     assert read_entries(str(tmp_path / "p.txt"))[0].id == "00001"
+
+
+def test_toyworld_eval_sharded_equals_one_process(tmp_path):
+    args = ["toyworld", "eval", "--policies", "truth,self-forcing", "--seconds", "6", "--seeds", "3"]
+    torchrun(*args, "--out", "two", cwd=tmp_path)
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    for name in ("toyworld.json", "frames_6s.png", "curves_6s.csv"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    assert not (tmp_path / "two" / ".parts").exists()

@@ -174,6 +174,8 @@ def run_prompt_set(template, prompts: str, out_dir: str, policies: list[str], pr
             counts["made" if record["status"] == "done" else "failed"] += 1
             if rank == 0:
                 bar.n = count_done(manifest, policies, entries)
+                if record["status"] == "done":
+                    bar.set_postfix_str(f"{record['fps']:.1f} frames/s")
                 bar.refresh()
             else:
                 print(f"rank {rank}: {policy}/{entry.id} {record['status']}"

@@ -351,6 +351,8 @@ def run_toyworld(args) -> int:
     report = evaluate(policies, parse_durations(args.seconds), args.seeds, args.out, args.heads, args.toy_weights,
                       args.change_at, dict(solver=args.solver, context_noise=args.context_noise),
                       args.first_seed)
+    if report is None:  # a rank other than 0 under torchrun: rank 0 writes the merged report
+        return 0
     print((Path(args.out) / "toyworld.md").read_text(), end="")
     print(f"wrote {args.out}/toyworld.json, toyworld.md, curves_*.png/csv, frames_*.png ({len(report['results'])} runs)")
     return 0

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UsageError
+from ..ranks import Group, world
 from ..models.specs import TOY
 from ..engine.pipeline import Pipeline, load
 from ..engine.session import schedule_for
@@ -193,23 +194,24 @@ def evaluate(policies: list[str], durations: list[float], seeds: int, out: str, 
     if change_at is not None and not 0 < change_at < min(durations):
         raise UsageError(f"--change-at must fall inside every duration (0..{min(durations):g} s), got {change_at:g}")
     used = schedule_for(TOY.schedule, **(sampling or {}))  # the solver and commit timestep the runs use
-    pipe = load("toy", toy_weights=weights) if set(policies) - {"truth"} else None  # once, for every run
     out_dir = Path(out)
+    runs = [(seconds, policy, seed) for seconds in durations for policy in policies for seed in range(first_seed, first_seed + seeds)]
+    rank, size, _ = world()
+    group = Group(size)
+    try:
+        done = run_share(runs, rank, size, change_at, heads, sampling, first_seed, weights, progress)
+        if size > 1:  # ranks take every size-th run; rank 0 gathers them (through files) and writes the report
+            done = gather(done, out_dir, rank, size, group)
+            if done is None:
+                return None
+    finally:
+        group.close()
     results, curves, strips = [], {}, {}
     for seconds in durations:
-        show = [int(s * TOY.fps) for s in sorted({0.0, 5.0, 30.0, seconds / 2, seconds - 1 / TOY.fps}) if s < seconds]
         for policy in policies:
-            tracks = []
-            for seed in range(first_seed, first_seed + seeds):
-                scene = Scene.for_seed(seed, change_at)
-                track, kept = run_one(pipe, policy, seconds, seed, scene, heads if policy == "headforcing" else None,
-                                      show if seed == first_seed else (), sampling)
-                tracks.append(track)
-                if seed == first_seed:
-                    strips[(seconds, policy)] = kept
-            progress(f"{policy} {seconds:g} s x {seeds} seeds done")
-            row = dict(policy=policy, seconds=seconds, seeds=seeds, **summarise(tracks))
-            results.append(row)
+            tracks = [done[i][0] for i, run in enumerate(runs) if run[:2] == (seconds, policy)]
+            strips[(seconds, policy)] = next(done[i][1] for i, run in enumerate(runs) if run == (seconds, policy, first_seed))
+            results.append(dict(policy=policy, seconds=seconds, seeds=seeds, **summarise(tracks)))
             curves[(seconds, policy)] = tracks
     out_dir.mkdir(parents=True, exist_ok=True)
     report = dict(policies=policies, durations=durations, seeds=seeds, first_seed=first_seed, change_at=change_at, heads=heads,
@@ -220,6 +222,43 @@ def evaluate(policies: list[str], durations: list[float], seeds: int, out: str, 
     write_curves(curves, out_dir)
     write_strips(strips, out_dir)
     return report
+
+
+def run_share(runs: list, rank: int, size: int, change_at, heads, sampling, first_seed: int, weights, progress) -> dict:
+    """This rank's runs (every size-th): index -> (Track, the frames kept for the strips)."""
+    share = [i for i in range(len(runs)) if i % size == rank]
+    pipe = load("toy", toy_weights=weights) if any(runs[i][1] != "truth" for i in share) else None  # once, for every run
+    done = {}
+    for i in share:
+        seconds, policy, seed = runs[i]
+        show = [int(s * TOY.fps) for s in sorted({0.0, 5.0, 30.0, seconds / 2, seconds - 1 / TOY.fps}) if s < seconds]
+        done[i] = run_one(pipe, policy, seconds, seed, Scene.for_seed(seed, change_at), heads if policy == "headforcing" else None,
+                          show if seed == first_seed else (), sampling)
+        progress(f"{policy} {seconds:g} s seed {seed} done" + (f" (rank {rank} of {size})" if size > 1 else ""))
+    return done
+
+
+def gather(done: dict, out_dir: Path, rank: int, size: int, group) -> dict | None:
+    """Every rank's runs on rank 0 (None elsewhere): tracks as JSON, kept frames as .npz (no pickle)."""
+    parts = out_dir / ".parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    (parts / f"rank{rank}.json").write_text(json.dumps({i: asdict(track) for i, (track, _) in done.items()}))
+    np.savez(parts / f"rank{rank}.npz", **{f"{i}_{f}": frame for i, (_, kept) in done.items() for f, frame in kept.items()})
+    group.barrier()
+    if rank != 0:
+        return None
+    merged = {}
+    for r in range(size):
+        tracks = json.loads((parts / f"rank{r}.json").read_text())
+        with np.load(parts / f"rank{r}.npz", allow_pickle=False) as frames:
+            kept = {key: frames[key] for key in frames.files}
+        for i, fields in tracks.items():
+            mine = {int(k.split("_")[1]): v for k, v in kept.items() if k.split("_")[0] == i}
+            merged[int(i)] = (Track(**fields), mine)
+        (parts / f"rank{r}.json").unlink()
+        (parts / f"rank{r}.npz").unlink()
+    parts.rmdir()
+    return merged
 
 
 def table(results: list[dict]) -> str:
