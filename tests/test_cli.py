@@ -173,7 +173,7 @@ def test_generate_with_eval(tmp_path):
 
 
 @pytest.mark.parametrize("command", [[], ["generate"], ["profile"], ["eval"], ["bench"], ["toyworld", "train"],
-                                     ["toyworld", "eval"], ["conformance"], ["inspect"]])
+                                     ["toyworld", "eval"], ["conformance"], ["inspect"], ["serve"]])
 def test_every_command_explains_itself(command, capsys):
     with pytest.raises(SystemExit) as done:
         main([*command, "--help"])

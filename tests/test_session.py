@@ -249,3 +249,23 @@ def test_toy_clip_continued_keeps_its_scene(toy):
         last = clip[-1].astype(float)
         assert np.abs(after[0] - last).mean() < np.abs(own[0] - last).mean(), seed
     assert np.mean(colours) >= np.mean(unprompted) - 0.1, (colours, unprompted)
+
+
+def test_a_blended_switch_moves_the_text_linearly_and_resumes_exactly(toy, tmp_path):
+    """blend_chunks=2: the two chunks after a switch see the old prompt's context moved 1/3 and 2/3 of the
+    way to the new one, then the new one; a session saved in the middle of a blend resumes exactly."""
+    old, new = (toy.encode(p) for p in PROMPTS[:2])
+    session = toy.session(PROMPTS[0], blend_chunks=2, seed=3)
+    run(session, 0, 2, {})
+    session.set_prompt(PROMPTS[1])
+    seen = []
+    session.sampler.commit = lambda latents, text, first_frame=None: seen.append(text)  # the text each chunk commits with
+    run(session, 2, 5, {})
+    assert torch.allclose(seen[0], torch.lerp(old, new, 1 / 3)) and torch.allclose(seen[1], torch.lerp(old, new, 2 / 3))
+    assert seen[2] is new and session.blend is None
+    want = run(toy.session(PROMPTS[0], blend_chunks=2, seed=3), 0, 6, {3: 1})
+    half = toy.session(PROMPTS[0], blend_chunks=2, seed=3)
+    run(half, 0, 4, {3: 1})
+    half.save(str(tmp_path / "b.state.safetensors"))
+    again = run(toy.resume(str(tmp_path / "b.state.safetensors")), 4, 6, {})
+    assert all(torch.equal(a.latents, b.latents) for a, b in zip(again, want[4:]))

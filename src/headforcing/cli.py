@@ -148,6 +148,15 @@ def build_parser() -> Parser:
     te.add_argument("--toy-weights", help="a checkpoint from `toyworld train` (default: the shipped one)")
     te.add_argument("--solver", choices=["euler", "renoise"], help="override the model's solver (to compare them)")
     te.add_argument("--context-noise", type=int, help="override the commit pass's timestep (the model's own: 50)")
+    te.add_argument("--blend-chunks", type=int, default=0, help="blend the text conditioning over N chunks at the --change-at switch")
+
+    srv = sub.add_parser("serve", help="a live page: the video plays as it is made, prompts change while it plays")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind; any other than this machine's loopback needs a token")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--token", help="required on the page URL and the WebSocket (generated and printed off localhost)")
+    srv.add_argument("--max-sessions", type=int, default=2, help="live sessions at once; more connections are told the server is busy")
+    srv.add_argument("--blend-chunks", type=int, default=0, help="blend the text conditioning over N chunks at a prompt switch (0: hard)")
+    add_model_args(srv)
 
     conf = sub.add_parser("conformance", help="replay a Self-Forcing recording and compare its latents")
     conf.add_argument("recording")
@@ -349,12 +358,33 @@ def run_toyworld(args) -> int:
     if unknown:
         raise UsageError(f"unknown policy {unknown[0]!r}; known: {', '.join(PRESETS)}")
     report = evaluate(policies, parse_durations(args.seconds), args.seeds, args.out, args.heads, args.toy_weights,
-                      args.change_at, dict(solver=args.solver, context_noise=args.context_noise),
+                      args.change_at, dict(solver=args.solver, context_noise=args.context_noise, blend_chunks=args.blend_chunks),
                       args.first_seed)
     if report is None:  # a rank other than 0 under torchrun: rank 0 writes the merged report
         return 0
     print((Path(args.out) / "toyworld.md").read_text(), end="")
     print(f"wrote {args.out}/toyworld.json, toyworld.md, curves_*.png/csv, frames_*.png ({len(report['results'])} runs)")
+    return 0
+
+
+def run_serve(args) -> int:
+    import secrets
+
+    if not 1 <= args.max_sessions <= 64 or not 0 <= args.blend_chunks <= 64 or not 0 <= args.port <= 65535:
+        raise UsageError("--max-sessions must be 1..64, --blend-chunks 0..64 and --port 0..65535")
+    local = args.host in ("127.0.0.1", "localhost", "::1")
+    token = args.token or (None if local else secrets.token_urlsafe(16))
+    import uvicorn
+
+    from .engine.pipeline import load
+    from .server.app import create_app
+
+    pipe = load(args.model, **load_args(args))
+    app = create_app(pipe, args.max_sessions, token, args.blend_chunks)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"headforcing live: http://{host}:{args.port}/" + (f"?token={token}" if token else "") + "  (Ctrl-C stops)", flush=True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # uvicorn takes Ctrl-C / SIGTERM over while it serves
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
@@ -388,6 +418,7 @@ def main(argv=None) -> int:
             "conformance": run_conformance,
             "inspect": run_inspect,
             "toyworld": run_toyworld,
+            "serve": run_serve,
         }
         return commands[args.command](args)
     except UsageError as e:

@@ -37,6 +37,7 @@ class SessionOptions:
     solver: str | None = None  # "euler" or "renoise" instead of the model's own
     context_noise: int | None = None  # the commit pass's timestep instead of the model's own
     decode: bool = True  # make frames (False: latents only)
+    blend_chunks: int = 0  # a prompt switch blends the text conditioning over this many chunks (0: a hard switch)
 
 
 @dataclass
@@ -75,6 +76,8 @@ def check_options(spec, options: SessionOptions, headmap: HeadMap | None = None)
     if width * height > 4096 * 4096:
         raise UsageError(f"size {width}x{height} is larger than 4096x4096")
     schedule_for(spec.schedule, options.solver, options.context_noise)
+    if not isinstance(options.blend_chunks, int) or not 0 <= options.blend_chunks <= 64:
+        raise UsageError(f"--blend-chunks must be 0..64, got {options.blend_chunks}")
     policy = preset(options.policy, spec.chunk_frames, spec.trained_frames)
     if headmap is not None:
         return policy, policy.resolve_headmap(spec.num_layers, spec.num_heads, headmap)
@@ -125,6 +128,7 @@ class Session:
         self.recent = None  # clean latents [1, <=R, C, h, w] of the newest frames, for re-encoding at a switch
         self.episodic_counts = dict(admit=0, merge=0, replace=0)
         self.decisions: list[dict] = []  # the episodic memory's decisions of the newest commit
+        self.blend: list | None = None  # [previous prompt, chunks since the switch] while a switch is blended
         self.timer = lambda phase, fn, *args: fn(*args)  # bench wraps "dit" and "vae" calls with its clock
         pipe.encode(prompt)
 
@@ -171,6 +175,8 @@ class Session:
 
     def _apply_switch(self) -> None:
         """The pending prompt from the next chunk on: re-encode the newest frames for `recache` roles."""
+        if self.options.blend_chunks and self.frame:
+            self.blend = [self.prompt, 0]
         self.prompt, self.pending = self.pending, None
         if self.history[-1]["frame"] == self.frame:
             self.history[-1] = dict(chunk=self.chunk, frame=self.frame, prompt=self.prompt)
@@ -196,12 +202,26 @@ class Session:
         C = self.spec.chunk_frames
         self._before(C)
         first, index = self.frame, self.chunk
-        text = self.pipe.encode(self.prompt)
+        text = self._text()
         latents = self.timer("dit", self.sampler.chunk, index, text, self.noise, 1, self.latent_chw, first)
         self._committed(latents)
         self.chunk += 1
         frames = self.timer("vae", self.decoder.decode, latents) if self.options.decode else None
         return Chunk(index, first, latents, frames)
+
+    def _text(self):
+        """This chunk's text context: the prompt's, or during a blended switch (Krea's and Scope's smooth
+        prompt changes) the previous prompt's moved linearly towards it: weight k / (N + 1) at the k-th of N chunks."""
+        text = self.pipe.encode(self.prompt)
+        if self.blend is None:
+            return text
+        self.blend[1] += 1
+        previous, k = self.blend
+        if k > self.options.blend_chunks:
+            self.blend = None
+            return text
+        weight = k / (self.options.blend_chunks + 1)
+        return torch.lerp(self.pipe.encode(previous), text, weight)
 
     def start_from(self, latents: torch.Tensor) -> torch.Tensor | None:
         """Continue given clean latents [1, L, C, h, w] (`Pipeline.encode_frames` of a clip or an image): they

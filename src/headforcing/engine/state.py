@@ -101,7 +101,7 @@ def save_session(session, path: str, run: dict | None = None) -> None:
         policy=policy_json(session.policy),
         headmap=session.headmap.to_json() if session.headmap is not None else None,
         chunk=session.chunk, frame=session.frame, origin=session.origin,
-        prompt=session.prompt, pending=session.pending, history=session.history,
+        prompt=session.prompt, pending=session.pending, history=session.history, blend=session.blend,
         episodic_counts=session.episodic_counts, stores=stores, decoder=decoder, profiler=profiler,
         run=run, sha256=digest(tensors),
     )
@@ -183,6 +183,8 @@ def check_fields(meta: dict, path: str) -> None:
     text = lambda v: isinstance(v, str) and bool(v.strip())  # noqa: E731
     need(all(whole(meta.get(k)) for k in ("chunk", "frame")) and meta.get("origin") in (0, 1), "chunk, frame or origin")
     need(text(meta.get("prompt")) and (meta.get("pending") is None or text(meta["pending"])), "prompt or pending prompt")
+    blend = meta.get("blend")
+    need(blend is None or (isinstance(blend, list) and len(blend) == 2 and text(blend[0]) and whole(blend[1])), "blend state")
     history = meta.get("history")
     need(isinstance(history, list) and bool(history) and all(
         isinstance(h, dict) and whole(h.get("chunk")) and whole(h.get("frame")) and text(h.get("prompt")) for h in history), "prompt history")
@@ -279,5 +281,6 @@ def restore(session, meta: dict, tensors: dict, path: str) -> None:
     session.chunk, session.frame, session.origin = meta["chunk"], meta["frame"], meta["origin"]
     session.prompt, session.pending, session.history = meta["prompt"], meta["pending"], meta["history"]
     session.episodic_counts = dict(meta["episodic_counts"])
-    for prompt in {session.prompt, session.pending} - {None}:
+    session.blend = list(meta["blend"]) if meta.get("blend") is not None else None
+    for prompt in {session.prompt, session.pending, (session.blend or [None])[0]} - {None}:
         session.pipe.encode(prompt)

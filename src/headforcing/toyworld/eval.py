@@ -193,7 +193,8 @@ def evaluate(policies: list[str], durations: list[float], seeds: int, out: str, 
         raise UsageError(f"--first-seed must be 0 or more, got {first_seed}")
     if change_at is not None and not 0 < change_at < min(durations):
         raise UsageError(f"--change-at must fall inside every duration (0..{min(durations):g} s), got {change_at:g}")
-    used = schedule_for(TOY.schedule, **(sampling or {}))  # the solver and commit timestep the runs use
+    sampling = dict(sampling or {})
+    used = schedule_for(TOY.schedule, sampling.get("solver"), sampling.get("context_noise"))  # what the runs use
     out_dir = Path(out)
     runs = [(seconds, policy, seed) for seconds in durations for policy in policies for seed in range(first_seed, first_seed + seeds)]
     rank, size, _ = world()
@@ -216,6 +217,7 @@ def evaluate(policies: list[str], durations: list[float], seeds: int, out: str, 
     out_dir.mkdir(parents=True, exist_ok=True)
     report = dict(policies=policies, durations=durations, seeds=seeds, first_seed=first_seed, change_at=change_at, heads=heads,
                   weights=weights or "shipped", solver=used.solver, context_noise=used.context_noise,
+                  blend_chunks=sampling.get("blend_chunks", 0),
                   results=results)
     (out_dir / "toyworld.json").write_text(json.dumps(report, indent=1))
     (out_dir / "toyworld.md").write_text(table(results))

@@ -1,0 +1,191 @@
+"""`headforcing serve`: a live page (FastAPI + uvicorn; Starlette's WebSocket) where the video plays as it is
+made and prompts change while it plays.
+
+FastAPI because it is the ASGI stack the peers use for this (Krea Realtime, Daydream Scope), with WebSockets
+built in and no build step. One model is loaded for the process; each WebSocket connection gets its own
+session (up to `max_sessions`). All model work runs on one thread (sessions share the DiT, whose attention is
+routed to one cache at a time, and torch releases the GIL), so the event loop stays free for the sockets.
+Frames go out as PNG (toy sizes) or JPEG data URLs, one message per chunk; the page plays them at the video's
+frame rate and reports how many it has played: generation waits while the page holds more than `BUFFER`
+unplayed frames (backpressure), so a model faster than real time does not race ahead, and a client that
+never reads only stops its own session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+
+from ..cache.policy import PRESETS
+from ..errors import UsageError
+from .live import Live
+
+MAX_PROMPT = 500  # characters
+BUFFER_SECONDS = 2.0  # unplayed video the page may hold before generation waits
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def create_app(pipe, max_sessions: int = 2, token: str | None = None, blend_chunks: int = 0) -> FastAPI:
+    model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headforcing-model")
+    model.submit(int).result()  # its one thread starts now and serves every session: none is made per connection
+    folder = Path(tempfile.mkdtemp(prefix="headforcing-serve-"))
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        model.shutdown(wait=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    app = FastAPI(title="headforcing live", lifespan=lifespan)
+    lives: dict[str, Live] = {}
+    spec = pipe.spec
+    buffer_frames = max(spec.chunk_frames, round(BUFFER_SECONDS * spec.fps))
+    static = resources.files("headforcing") / "server" / "static"
+
+    def allowed(given: str | None) -> bool:
+        return token is None or (given is not None and hmac.compare_digest(given, token))
+
+    async def on_model(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(model, fn, *args)
+
+    @app.get("/")
+    async def page(request: Request):
+        if not allowed(request.query_params.get("token")):
+            return Response("a token is required: open the URL the server printed", status_code=403)
+        return HTMLResponse(static.joinpath("index.html").read_text())
+
+    @app.get("/static/{name}")
+    async def asset(name: str):
+        if name not in ("app.js", "style.css"):
+            return Response(status_code=404)
+        kind = "text/javascript" if name.endswith(".js") else "text/css"
+        return Response(static.joinpath(name).read_text(), media_type=kind)
+
+    @app.get("/stats")
+    async def stats(request: Request):
+        if not allowed(request.query_params.get("token")):
+            return Response(status_code=403)
+        busy = [live.session for live in lives.values() if live.session is not None]
+        return JSONResponse(dict(sessions=len(lives), cache_bytes=sum(s.cache.nbytes() for s in busy), threads=threading.active_count(),
+                                 rss_mib=round(rss_bytes() / 2**20, 1)))
+
+    @app.get("/download/{sid}/{name}")
+    async def download(sid: str, name: str, request: Request):
+        live = lives.get(sid)
+        if not allowed(request.query_params.get("token")) or live is None or live.writer is None:
+            return Response(status_code=404)
+        path = live.writer.path.parent / name
+        if path.parent != live.writer.path.parent or not path.is_file() or not name.startswith("video-"):
+            return Response(status_code=404)
+        return FileResponse(path, filename=f"headforcing-{name}")
+
+    @app.websocket("/ws")
+    async def live_socket(ws: WebSocket):
+        await ws.accept()
+        if not allowed(ws.query_params.get("token")):
+            await ws.send_json(dict(type="error", message="a token is required"))
+            await ws.close(code=1008)
+            return
+        if len(lives) >= max_sessions:
+            await ws.send_json(dict(type="error", message=f"busy: {len(lives)} of {max_sessions} sessions running, try again later"))
+            await ws.close(code=1013)
+            return
+        sid = f"{time.monotonic_ns():x}"
+        live = lives[sid] = Live(pipe, folder, blend_chunks)
+        state = dict(sent=0, played=0, paused=False, fps_made=0.0)
+        wake = asyncio.Event()
+        await ws.send_json(dict(type="ready", fps=spec.fps, size=list(spec.size), policies=list(PRESETS), max_prompt=MAX_PROMPT,
+                                session=sid))
+
+        async def produce():
+            while True:
+                if live.session is None or state["paused"] or state["sent"] - state["played"] >= buffer_frames:
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                start = time.perf_counter()
+                stats, frames = await on_model(live.step)
+                state["fps_made"] = len(frames) / (time.perf_counter() - start)
+                state["sent"] += len(frames)
+                await ws.send_json(dict(type="chunk", frames=frames, stats=dict(stats, fps_made=state["fps_made"]),
+                                        timeline=live.timeline()))
+
+        async def handle(message: dict) -> None:
+            kind = message.get("type")
+            if kind in ("start", "prompt"):
+                prompt = message.get("prompt")
+                if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > MAX_PROMPT:
+                    raise UsageError(f"a prompt is text of 1..{MAX_PROMPT} characters")
+            if kind == "start" or (kind == "prompt" and live.session is None):
+                policy, seed = message.get("policy", "headforcing"), message.get("seed", 0)
+                if policy not in PRESETS or not isinstance(seed, int) or isinstance(seed, bool):
+                    raise UsageError(f"policy must be one of {', '.join(PRESETS)} and seed an integer")
+                await on_model(live.start, message["prompt"], policy, seed)
+                state.update(sent=0, played=0, paused=False)
+            elif kind == "prompt":
+                await on_model(live.session.set_prompt, message["prompt"])
+            elif kind in ("pause", "resume"):
+                state["paused"] = kind == "pause"
+            elif kind == "restart":
+                if live.session is None:
+                    raise UsageError("nothing to restart: start a session first")
+                first = live.session.history[0]["prompt"]
+                await on_model(live.start, first, live.session.options.policy, live.session.options.seed)
+                state.update(sent=0, played=0, paused=False)
+            elif kind == "played":
+                frames = message.get("frames")
+                if not isinstance(frames, int) or isinstance(frames, bool):
+                    raise UsageError("played: frames must be an integer")
+                state["played"] = max(state["played"], min(frames, state["sent"]))
+            elif kind == "save":
+                if live.session is None:
+                    raise UsageError("nothing to save yet")
+                video, sidecar = await on_model(live.save)
+                base = f"/download/{sid}/"
+                query = f"?token={token}" if token else ""
+                await ws.send_json(dict(type="saved", video=base + video.name + query, timeline=base + sidecar.name + query))
+            else:
+                raise UsageError(f"unknown message type {kind!r}")
+            wake.set()
+
+        producer = asyncio.create_task(produce())
+        try:
+            while True:
+                text = await ws.receive_text()
+                try:
+                    message = json.loads(text)
+                    if not isinstance(message, dict):
+                        raise UsageError("a message is a JSON object with a \"type\"")
+                    await handle(message)
+                except (ValueError, TypeError) as e:  # UsageError, bad JSON, a prompt the model refuses
+                    await ws.send_json(dict(type="error", message=str(e) if isinstance(e, UsageError) else "malformed message"))
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            producer.cancel()
+            try:
+                await producer
+            except (asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                pass
+            await on_model(live.close)  # after any step in flight: frees the cache at once
+            lives.pop(sid, None)
+
+    return app

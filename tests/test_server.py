@@ -1,0 +1,194 @@
+"""`headforcing serve`: the real server in a subprocess; the page in headless Chromium; the socket's rules."""
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from websockets.sync.client import connect
+
+from headforcing.toyworld.world import decode_state
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, *args):
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "headforcing", "serve", "--port", str(self.port), *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.url = self.proc.stdout.readline().split()[2]  # "headforcing live: URL  (Ctrl-C stops)"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats" + self.query(), timeout=2)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+
+    def query(self) -> str:
+        return "?" + self.url.split("?")[1] if "?" in self.url else ""
+
+    def stats(self) -> dict:
+        return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats" + self.query()).read())
+
+    def socket(self, query: str = ""):
+        for _ in range(200):  # an earlier test's session may still be closing
+            if self.stats()["sessions"] == 0:
+                break
+            time.sleep(0.05)
+        return connect(f"ws://127.0.0.1:{self.port}/ws{query}", max_size=None)
+
+    def stop(self) -> int:
+        self.proc.send_signal(2)  # Ctrl-C
+        return self.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server("--max-sessions", "1")
+    yield s
+    assert s.stop() == 0  # Ctrl-C stops it cleanly
+
+
+def receive(ws, kind: str, limit: int = 20) -> dict:
+    for _ in range(limit):
+        message = json.loads(ws.recv(timeout=60))
+        if message["type"] == kind:
+            return message
+    raise AssertionError(f"no {kind} message")
+
+
+def test_busy_past_max_sessions_and_a_disconnect_frees_the_session(server):
+    idle = server.stats()
+    with server.socket() as ws:
+        receive(ws, "ready")
+        ws.send(json.dumps(dict(type="start", prompt="a red circle bounces on a green background")))
+        chunk = receive(ws, "chunk")
+        assert len(chunk["frames"]) == 3 and chunk["frames"][0].startswith("data:image/png;base64,")
+        busy = server.stats()
+        assert busy["sessions"] == 1 and busy["cache_bytes"] > 0
+        with connect(f"ws://127.0.0.1:{server.port}/ws", max_size=None) as other:
+            message = json.loads(other.recv(timeout=30))
+            assert message["type"] == "error" and message["message"].startswith("busy: 1 of 1 sessions")
+    for _ in range(100):
+        freed = server.stats()
+        if freed["sessions"] == 0:
+            break
+        time.sleep(0.05)
+    assert freed["sessions"] == 0 and freed["cache_bytes"] == 0 and freed["threads"] == idle["threads"]
+
+
+def test_bad_messages_get_an_error_and_the_socket_goes_on(server):
+    with server.socket() as ws:
+        receive(ws, "ready")
+        for bad, answer in (("not json", "malformed message"), ("[1, 2]", "JSON object"), ('{"type": "nope"}', "unknown message type"),
+                            (json.dumps(dict(type="start", prompt="x" * 501)), "1..500 characters"),
+                            (json.dumps(dict(type="start", prompt="a cat", policy="nope")), "policy must be one of"),
+                            ('{"type": "played", "frames": "many"}', "frames must be an integer"), ('{"type": "save"}', "nothing to save")):
+            ws.send(bad)
+            assert answer in receive(ws, "error")["message"], bad
+        ws.send(json.dumps(dict(type="start", prompt="a blue square bounces on a white background", policy="self-forcing")))
+        assert receive(ws, "chunk")["stats"]["policy"] == "self-forcing"
+
+
+def test_backpressure_waits_for_the_player(server):
+    """A client that never reports frames played gets a bounded number of chunks (2 s of video), then none."""
+    with server.socket() as ws:
+        receive(ws, "ready")
+        ws.send(json.dumps(dict(type="start", prompt="a red circle bounces on a green background")))
+        got = 0
+        try:
+            while True:
+                got += len(json.loads(ws.recv(timeout=3))["frames"])
+        except TimeoutError:
+            pass
+        assert got == 9  # the buffer of 8 frames, rounded up to whole chunks
+
+
+def test_a_token_is_required_off_localhost():
+    s = Server("--host", "0.0.0.0")
+    try:
+        token = re.search(r"token=([\w-]+)", s.url).group(1)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{s.port}/")
+        assert refused.value.code == 403
+        assert b"headforcing live" in urllib.request.urlopen(f"http://127.0.0.1:{s.port}/?token={token}").read()
+        with s.socket("?token=wrong") as ws:
+            assert json.loads(ws.recv(timeout=30)) == dict(type="error", message="a token is required")
+        with s.socket(f"?token={token}") as ws:
+            assert receive(ws, "ready")["type"] == "ready"
+    finally:
+        s.stop()
+
+
+def canvas(page) -> np.ndarray:
+    data = page.evaluate("() => { const c = document.getElementById('video');"
+                         " return [c.width, c.height, Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)]; }")
+    width, height, pixels = data
+    return np.array(pixels, np.uint8).reshape(height, width, 4)[..., :3]
+
+
+def wait_for_background(page, colour: str, timeout: float = 60) -> float:
+    start = time.time()
+    while time.time() - start < timeout:
+        if decode_state(canvas(page))["background"] == colour:
+            return time.time() - start
+        time.sleep(0.1)
+    raise AssertionError(f"the video's background never turned {colour}")
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no Chromium here (`apt-get install chromium`; .ci/run installs it)")
+def test_the_page_in_headless_chromium(tmp_path):
+    """The page plays the video, Enter switches the prompt while it plays, and "save video" downloads the mp4
+    of the session so far with its timeline."""
+    from playwright.sync_api import sync_playwright
+
+    from headforcing.engine.video import count_frames
+
+    s = Server()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+            page = browser.new_page()
+            downloads = []
+            page.on("download", lambda download: downloads.append(download))
+            page.goto(s.url)
+            page.fill("#prompt", "a yellow circle bounces on a green background")
+            page.press("#prompt", "Enter")
+            wait_for_background(page, "green")
+            page.fill("#prompt", "a yellow circle bounces on a red background")
+            page.press("#prompt", "Enter")
+            assert wait_for_background(page, "red") < 3 * 3 / 4 + 5  # within a few chunks (a chunk plays in 0.75 s)
+            assert "red background" in page.inner_text("#timeline") and "cache MiB" in page.inner_text("#stats")
+            page.click("#save")
+            for _ in range(100):
+                if len(downloads) == 2:
+                    break
+                page.wait_for_timeout(100)
+            files = {}
+            for d in downloads:
+                files[Path(d.suggested_filename).suffix] = tmp_path / d.suggested_filename
+                d.save_as(files[Path(d.suggested_filename).suffix])
+            browser.close()
+        timeline = json.loads(files[".json"].read_text())
+        assert [c["prompt"] for c in timeline] == ["a yellow circle bounces on a green background", "a yellow circle bounces on a red background"]
+        frames = count_frames(files[".mp4"])
+        assert frames >= timeline[1]["start_frame"] and frames % 3 == 0
+    finally:
+        s.stop()
