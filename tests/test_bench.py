@@ -3,13 +3,11 @@
 import json
 
 import pytest
-import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from headforcing.tools.bench import chunk_flops, forward_flops
 from headforcing.cli import main
-from headforcing.models.specs import TINY
 import headforcing
 
 

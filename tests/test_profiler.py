@@ -11,7 +11,7 @@ from headforcing.cache.policy import preset
 from headforcing.cli import main
 from headforcing.errors import UsageError
 import headforcing
-from headforcing.cache.profiler import CATEGORIES, MAX_DISTANCE, HeadProfiler, classify, parse_rule
+from headforcing.cache.profiler import CATEGORIES, MAX_DISTANCE, HeadProfiler, classify
 from headforcing.tools.profile import run_profile
 
 CHUNKS = 7  # the 21-frame window
