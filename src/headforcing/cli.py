@@ -222,8 +222,7 @@ def run_generate(args) -> int:
     prompt = prompt_timeline(args)
     if isinstance(prompt, str) and not prompt.strip():
         raise UsageError("--prompt is empty")
-    args.seed = 0 if args.seed is None else args.seed
-    args.model = args.model or "toy"
+    given_defaults(args)
     request = Request(
         prompt=prompt,
         seconds=5.0 if args.seconds is None else args.seconds,
@@ -240,6 +239,12 @@ def run_generate(args) -> int:
     return report_generate(args, generate(request, progress=not args.quiet))
 
 
+def given_defaults(args) -> None:
+    """generate leaves --seed and --model unset (so --resume can tell them from given ones); a new run fills them."""
+    args.seed = 0 if args.seed is None else args.seed
+    args.model = args.model or "toy"
+
+
 def run_prompt_set(args) -> int:
     from .batch import run_prompt_set as run_set
     from .generate import Request
@@ -254,8 +259,7 @@ def run_prompt_set(args) -> int:
     if args.policy and args.policies:
         raise UsageError("give --policy or --policies, not both")
     policies = (args.policies or args.policy or "headforcing").split(",")
-    args.seed = 0 if args.seed is None else args.seed
-    args.model = args.model or "toy"
+    given_defaults(args)
     template = Request(prompt="", seconds=5.0 if args.seconds is None else args.seconds, heads=args.heads, rule=args.rule,
                        crf=18 if args.crf is None else args.crf, **model_request_args(args))
     counts = run_set(template, args.prompts, args.out_dir, policies, progress=not args.quiet)

@@ -240,7 +240,7 @@ class Session:
         self.origin = pieces[0] % C
         outs = []
         for n in pieces:
-            part = latents[:, self.frame : self.frame + n].float()
+            part = latents[:, self.frame : self.frame + n].to(self.pipe.device, torch.float32)  # where its chunks will be
             self._before(n)
             self.sampler.commit(part, self.pipe.encode(self.prompt), first_frame=self.frame)
             self._committed(part)
