@@ -137,6 +137,18 @@ def test_a_token_is_required_off_localhost():
         s.stop()
 
 
+def test_a_port_in_use_is_one_line_before_anything_loads(capsys):
+    from headforcing.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", "--port", str(taken.getsockname()[1])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Address already in use" in err
+    assert main(["serve", "--max-sessions", "0"]) == 2
+
+
 def canvas(page) -> np.ndarray:
     data = page.evaluate("() => { const c = document.getElementById('video');"
                          " return [c.width, c.height, Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)]; }")

@@ -371,6 +371,17 @@ def run_toyworld(args) -> int:
     return 0
 
 
+def check_port(host: str, port: int) -> None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        raise UsageError(f"cannot serve on {host}:{port}: {e.strerror}") from None
+
+
 def run_serve(args) -> int:
     import secrets
 
@@ -378,6 +389,7 @@ def run_serve(args) -> int:
         raise UsageError("--max-sessions must be 1..64, --blend-chunks 0..64 and --port 0..65535")
     local = args.host in ("127.0.0.1", "localhost", "::1")
     token = args.token or (None if local else secrets.token_urlsafe(16))
+    check_port(args.host, args.port)  # before the model loads
     import uvicorn
 
     from .engine.pipeline import load
