@@ -46,9 +46,12 @@ def test_three_prompt_60_second_timeline(tmp_path):
 
 
 def test_same_seed_same_video_other_seed_differs(tmp_path):
+    """Compared losslessly (--crf 0): x264's lossy rate control here does not always give the same bytes for
+    the same frames (measured: about 1 run in 4 differs in one frame), so lossy files cannot show it."""
     paths = [tmp_path / f"{i}.mp4" for i in range(3)]
     for path, seed in zip(paths, (1, 1, 2)):
-        assert main(["generate", "--model", "tiny", "--prompt", "x", "--seconds", "0.5", "--seed", str(seed), "--out", str(path), "--quiet"]) == 0
+        assert main(["generate", "--model", "tiny", "--prompt", "x", "--seconds", "0.5", "--seed", str(seed), "--crf", "0",
+                     "--out", str(path), "--quiet"]) == 0
     data = [p.read_bytes() for p in paths]
     assert data[0] == data[1] != data[2]
 
