@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .engine.files import read_text
 from .engine.timeline import Cue
 from .errors import UsageError
 from .ranks import Group, world
@@ -72,12 +73,7 @@ def parse_line(n: int, text: str) -> Entry:
 
 
 def read_entries(path: str) -> list[Entry]:
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise UsageError(f"cannot read prompts {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"prompts {path} is not UTF-8 text") from None
+    lines = read_text(path, "prompts").splitlines()
     entries, seen = [], set()
     for n, text in enumerate(lines, 1):
         if text.strip():

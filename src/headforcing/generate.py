@@ -266,8 +266,9 @@ def stream(pipe, session, request: Request, timeline: list[dict], latent_frames:
                     chunk = session.step()
                     if writer is not None:
                         writer.write(chunk.frames[0].numpy())
-                    made += chunk.frames.shape[1] if writer is not None else chunk.latents.shape[1]
-                    bar.update(chunk.frames.shape[1] if writer is not None else chunk.latents.shape[1])
+                    count = chunk.frames.shape[1] if writer is not None else chunk.latents.shape[1]
+                    made += count
+                    bar.update(count)
                     if trace:
                         trace.writelines(line + "\n" for line in trace_lines(session, index, session.decisions))
     except OSError as e:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..models.specs import first_video_frame
+from .files import read_text
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,7 @@ def parse_prompt_arg(text: str) -> Cue:
 
 def read_timeline(path: str | Path) -> list[Cue]:
     """JSONL lines {"start": seconds, "prompt": text}."""
-    try:
-        lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except OSError as e:
-        raise UsageError(f"cannot read timeline {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"timeline {path} is not UTF-8 text") from None
+    lines = [line for line in read_text(path, "timeline").splitlines() if line.strip()]
     cues = []
     for n, line in enumerate(lines, 1):
         try:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import UsageError
+from ..engine.files import read_text
 from ..engine.pipeline import Pipeline, load
 from ..cache.profiler import HeadProfiler, classify, heads_file, plot
 
@@ -26,12 +27,7 @@ def read_prompts(path: str | None, model: str = "wan2.1-1.3b") -> list[str]:
         return [make_world(seed, TOY.size[0]).caption() for seed in range(8)]
     if path is None:
         return list(DEFAULT_PROMPTS)
-    try:
-        prompts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    except OSError as e:
-        raise UsageError(f"cannot read prompts {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"prompts {path} is not UTF-8 text") from None
+    prompts = [line.strip() for line in read_text(path, "prompts").splitlines() if line.strip()]
     if not prompts:
         raise UsageError(f"{path} holds no prompt")
     return prompts
