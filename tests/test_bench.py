@@ -6,7 +6,7 @@ import pytest
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from headforcing.tools.bench import chunk_flops, forward_flops
+from headforcing.tools.bench import bench, chunk_flops, forward_flops
 from headforcing.cli import main
 import headforcing
 
@@ -40,5 +40,40 @@ def test_bench_cpu_smoke(tmp_path, capsys):
     for r in rows:
         assert r["frames"] == 21 and r["e2e_fps"] > 0 and r["dit_fps"] > r["e2e_fps"] and r["vae_fps"] > r["e2e_fps"]
         assert r["tflops"] > 0 and r["cache_bytes"] > 0 and r["device"] == "cpu" and r["model"] == "tiny"
-    assert (tmp_path / "bench.md").read_text().startswith("| policy | seconds |")
-    assert "| headforcing | 1 | 21 |" in capsys.readouterr().out
+    assert (tmp_path / "bench.md").read_text().startswith("| policy | compile | seconds |")
+    assert "| headforcing | eager | 1 | 21 |" in capsys.readouterr().out
+
+
+def test_one_session_gives_every_duration(tmp_path):
+    """Rows for 1 s and 2 s come from one session: the 1 s row counts exactly the chunks a 1 s run makes."""
+    rows = bench(["self-forcing"], [1, 2], "tiny", None)
+    assert [(r["seconds"], r["frames"], r["latent_frames"]) for r in rows] == [(1, 21, 6), (2, 33, 9)]
+    assert rows[0]["flops"] < rows[1]["flops"]
+
+
+def test_gpu_report_script_runs_every_mode_and_keeps_failures(tmp_path, monkeypatch):
+    """The GPU script's plumbing on the CPU (tiny model): a row per mode x duration with the compile counters,
+    gpu.json / gpu.md written; a mode that fails becomes a row saying why and the next mode still runs."""
+    from headforcing.engine.pipeline import Pipeline
+    from headforcing.tools import bench as bench_module
+
+    real_compile = Pipeline.compile
+
+    def compile_or_fail(self, mode="default", backend="inductor"):
+        if mode == "max-autotune":
+            raise RuntimeError("no autotuning here\nsecond line")
+        real_compile(self, mode, backend)
+
+    monkeypatch.setattr(Pipeline, "compile", compile_or_fail)
+    rows = bench_module.gpu_report(str(tmp_path), "tiny", [5], ["self-forcing"], log=lambda line: None,
+                                   modes=("eager", "max-autotune", "default"))
+    assert [r["compile"] for r in rows] == ["eager", "max-autotune", "default"]
+    assert rows[1]["error"] == "RuntimeError: no autotuning here"
+    assert rows[0]["compiled_chunks"] == 0 and rows[2]["compiled_chunks"] == 1 and rows[2]["recompiles"] == 0
+    assert json.loads((tmp_path / "gpu.json").read_text()) == json.loads(json.dumps(rows))
+    assert "failed: RuntimeError: no autotuning here" in (tmp_path / "gpu.md").read_text()
+
+
+def test_gpu_report_refused_without_a_gpu(tmp_path, capsys):
+    assert main(["bench", "--gpu-report", str(tmp_path / "r")]) == 2
+    assert "has none" in capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -38,8 +38,8 @@ def test_full_chunkwise_equals_dense_block_causal_forward():
     calls = []  # (chunk, x, t, v) of every denoising forward
     original = ChunkSampler.velocity
 
-    def recording(self, x, t, ctx):
-        v = original(self, x, t, ctx)
+    def recording(self, x, t, ctx, model=None):
+        v = original(self, x, t, ctx, model)
         if not self.cache.committing:
             calls.append((self.cache.stores()[0].first_frame // 3, x.clone(), t, v.clone()))
         return v

@@ -3,7 +3,7 @@
 import torch
 from conftest import engine_cache, run_chunks
 
-from headforcing.cache.episodic import EpisodicConfig, EpisodicMemory
+from headforcing.cache.episodic import EpisodicConfig, EpisodicMemory, read_log
 from headforcing.cache.policy import Episodic, Recent, RolePolicy, Sink, preset
 from headforcing.cache.store import KVStore
 from headforcing.cache.rope import Rope
@@ -37,26 +37,29 @@ def test_admit_then_replace_least_used_then_merge():
         push(store, f, basis(f), f)
     push(store, 3, basis(3), 3)  # frame 1 leaves recent: free slot -> admit
     push(store, 4, basis(4), 4)  # frame 2 leaves: admit
-    assert [d["action"] for d in memory.log] == ["admit", "admit"]
-    assert store.frames == [0, 3, 4, 1, 2] and len(store.frames) == store.capacity
-    memory.usage = [0.9, 0.1]  # slot 1 (frame 2) is the least used
+    assert [d["action"] for d in read_log(memory.log)] == ["admit", "admit"]
+    assert store.held_frames() == [0, 3, 4, 1, 2] and store.occupied == store.capacity
+    memory.usage[:] = torch.tensor([0.9, 0.1])  # slot 1 (frame 2) is the least used
     push(store, 5, basis(5), 5)  # frame 3 leaves, orthogonal to both slots: novel -> replaces slot 1
-    assert memory.log[-1]["action"] == "replace" and memory.log[-1]["slot"] == 1
-    assert abs(memory.log[-1]["novelty"] - 1.0) < 1e-6
-    assert store.frames[3:] == [1, 3]
+    log = read_log(memory.log)
+    assert log[-1]["action"] == "replace" and log[-1]["slot"] == 1
+    assert abs(log[-1]["novelty"] - 1.0) < 1e-6
+    assert store.held_frames()[3:] == [1, 3]
     push(store, 6, basis(1) * 2, 6)  # frame 4 leaves ...
     # frame 4 (basis 4) is novel again; replaces the least used. Now make a redundant one:
     push(store, 7, basis(5), 7)  # frame 5 leaves (basis 5)
     push(store, 8, basis(5), 8)  # frame 6 leaves (basis 1, same direction as slot holding frame 1) -> merge
-    merge = memory.log[-1]
+    merge = read_log(memory.log)[-1]
     assert merge["action"] == "merge" and merge["frame"] == 6 and merge["count"] == 2
     slot = store.episodic_first + merge["slot"]
-    assert store.frames[slot] == 1  # the slot keeps its first frame's position
+    assert store.held_frames()[slot] == 1  # the slot keeps its first frame's position
     v = store.v_ctx[0, 0, store._tokens(slot)]
     assert torch.allclose(v, torch.full_like(v, (1 + 6) / 2))  # count-weighted average of values
     k = store.k_raw[0, 0, store._tokens(slot)]
     assert torch.allclose(k, (basis(1) + 2 * basis(1)).expand(T, D) / 2)  # ... and of keys
-    assert len(store.frames) == store.capacity
+    assert store.occupied == store.capacity
+    assert [d["action"] for d in read_log(memory.log)] == ["admit", "admit", "replace", "replace", "replace", "merge"]
+    assert memory.tally.tolist() == [2, 1, 3]  # admit, merge, replace
 
 
 def test_capacity_is_never_exceeded_and_runs_are_deterministic():
@@ -66,11 +69,11 @@ def test_capacity_is_never_exceeded_and_runs_are_deterministic():
         cache = engine_cache(policy, policy.resolve_headmap(3, 4), 120)
 
         def check(i, c):
-            assert all(len(s.frames) <= s.capacity for s in c.stores())
+            assert all(s.occupied <= s.capacity for s in c.stores())
 
         latents = run_chunks(cache, 40, latent_hw=(2, 2), on_chunk=check)
-        logs.append((cache.episodic_log[:], latents))
+        logs.append((cache.decisions(), latents))
     assert logs[0][0] == logs[1][0] and len(logs[0][0]) > 0
     assert torch.equal(logs[0][1], logs[1][1])
     stores = [s for s in cache.stores() if s.name == "memory"]
-    assert all(len(s.frames) == s.capacity == 18 for s in stores)
+    assert all(s.occupied == s.capacity == 18 for s in stores)

@@ -14,9 +14,9 @@ def test_cache_bytes_after_10_chunks_equal_after_100(name):
 
     def on_chunk(i, c):
         if i + 1 in (10, 100):
-            record[i + 1] = (c.nbytes(), [len(s.frames) for s in c.stores()])
+            record[i + 1] = (c.nbytes(), [s.occupied for s in c.stores()])
         for s in c.stores():
-            assert len(s.frames) <= s.capacity
+            assert s.occupied <= s.capacity
 
     run_chunks(cache, 100, latent_hw=(2, 2), on_chunk=on_chunk)
     assert record[10][0] == record[100][0] > 0

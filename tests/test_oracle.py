@@ -28,15 +28,15 @@ def mixed_headmap() -> HeadMap:
 def run_both(policy, headmap, chunks=CHUNKS, **cache_args):
     cache = engine_cache(policy, headmap, 3 * chunks, **cache_args)
     engine = run_chunks(cache, chunks)
-    oracle = run_chunks(OracleCache(policy, headmap, decisions=cache.episodic_log), chunks, dtype=torch.float64)
-    return engine, oracle, cache.episodic_log
+    oracle = run_chunks(OracleCache(policy, headmap, decisions=cache.decisions()), chunks, dtype=torch.float64)
+    return engine, oracle, cache.decisions()
 
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_engine_matches_float64_oracle(name):
     policy = preset(name)
     chunks = 7 if name == "full" else CHUNKS  # full is valid inside the 21-frame window only
-    headmap = mixed_headmap() if len(policy.roles) > 1 else None
+    headmap = mixed_headmap() if name == "headforcing" else None  # the others: their own default head shares
     headmap = policy.resolve_headmap(TINY.num_layers, TINY.num_heads, headmap)
     engine, oracle, _ = run_both(policy, headmap, chunks)
     assert engine.shape == (1, 3 * chunks, 16, 4, 4)
@@ -73,7 +73,7 @@ def test_prompt_switch_keep_and_recache_match_oracle(name):
     headmap = mixed_headmap() if len(policy.roles) > 1 else policy.resolve_headmap(3, 4)
     cache = engine_cache(policy, headmap, 3 * CHUNKS)
     engine = run_chunks(cache, CHUNKS, switch_at=6)
-    oracle_cache = OracleCache(policy, headmap, decisions=cache.episodic_log)
+    oracle_cache = OracleCache(policy, headmap, decisions=cache.decisions())
     oracle = run_chunks(oracle_cache, CHUNKS, dtype=torch.float64, switch_at=6)
     assert (engine - oracle).abs().max().item() < 1e-4
     # the switch changed the video, and re-encoding changed it differently from keeping

@@ -115,7 +115,7 @@ def test_heads_auto_gives_the_map_of_a_separate_profile_run():
     chunks = [session.step().latents for _ in range(9)]
     assert session.headmap == classify(stats) and not session.profiling
     memory = [s for s in session.cache.stores() if s.name == "memory"]
-    assert memory and all(len(s.frames) == s.capacity for s in memory)  # the window's frames were taken over
+    assert memory and all(s.occupied == s.capacity for s in memory)  # the window's frames were taken over
     again = pipe.session("a red ball", policy="headforcing", heads="auto", seed=5, decode=False)  # profiles afresh
     assert all(torch.equal(a, again.step().latents) for a in chunks)
 

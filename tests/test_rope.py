@@ -47,6 +47,7 @@ def test_stored_key_rotated_later_equals_key_rotated_directly(positions):
         store.begin_chunk(rope, 3 * chunk, 3, rope.freqs)
         q, k, v = (torch.randn(1, 2, 3 * T, D, generator=gen) for _ in range(3))
         store.attend(q, k, v, commit=True)
+        store.commit_chunk()
         raw.update({3 * chunk + i: k[0, :, i * T : (i + 1) * T] for i in range(3)})
     store.begin_chunk(rope, 18, 3, rope.freqs)
     assert sorted(store.frames) == [0, 1, 2, 12, 13, 14, 15, 16, 17]

@@ -259,7 +259,7 @@ def test_a_blended_switch_moves_the_text_linearly_and_resumes_exactly(toy, tmp_p
     run(session, 0, 2, {})
     session.set_prompt(PROMPTS[1])
     seen = []
-    session.sampler.commit = lambda latents, text, first_frame=None: seen.append(text)  # the text each chunk commits with
+    session.sampler.commit = lambda latents, text, first_frame=None, model=None: seen.append(text)  # the text each chunk commits with
     run(session, 2, 5, {})
     assert torch.allclose(seen[0], torch.lerp(old, new, 1 / 3)) and torch.allclose(seen[1], torch.lerp(old, new, 2 / 3))
     assert seen[2] is new and session.blend is None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__, signals
 from .cache.policy import DEFAULT_RULE, PRESETS
+from .engine.compiled import MODES as COMPILE_MODES
 from .errors import RunError, UsageError
 
 MODELS = "toy (the shipped toy-world model), tiny (random, for tests), wan2.1-1.3b (the real shape)"
@@ -63,6 +64,12 @@ def add_model_args(p) -> None:
     p.add_argument("--text-encoder-device", help="where umT5 runs (default: the run's device; offloaded after)")
 
 
+def add_compile_arg(p) -> None:
+    p.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
+                   help="compile the DiT for chunks after the cache fills (torch.compile, fullgraph); MODE: "
+                   f"{', '.join(COMPILE_MODES)} (reduce-overhead: CUDA graphs); default without MODE: default")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="headforcing", description="Long AR video generation with a head-wise KV cache.")
     parser.add_argument("--version", action="version", version=f"headforcing {__version__}")
@@ -91,6 +98,7 @@ def build_parser() -> Parser:
     gen.add_argument("--resume", help="a STEM.state.safetensors left by an interrupted run: finish that run into --out "
                      "(prompts, timeline, seconds, policy, heads, seed and model come from the state)")
     add_model_args(gen)
+    add_compile_arg(gen)
     gen.set_defaults(seed=None, model=None)  # None: not given (so --resume can tell a contradicting flag)
 
     prof = sub.add_parser("profile", help="measure what each head attends to and classify heads into roles")
@@ -120,6 +128,9 @@ def build_parser() -> Parser:
     b.add_argument("--device")
     b.add_argument("--dtype")
     b.add_argument("--out", help="folder for bench.json and bench.md")
+    add_compile_arg(b)
+    b.add_argument("--gpu-report", metavar="DIR", help="the whole GPU measurement in one go: eager / compiled / CUDA graphs x "
+                   "self-forcing, headforcing x 10 s, 60 s at 832x480 (random weights): DIR/bench.json, DIR/BENCHMARKS.md")
 
     ins = sub.add_parser("inspect", help="say what a checkpoint file or Wan folder is and whether it loads")
     ins.add_argument("path")
@@ -136,6 +147,8 @@ def build_parser() -> Parser:
     tr.add_argument("--device", default="cpu", help="cpu or cuda (a lent GPU trains a larger budget in minutes)")
     tr.add_argument("--resume", help="a checkpoint of `toyworld train`: go on from its step to --steps")
     tr.add_argument("--cooldown", type=int, default=0, help="let the learning rate fall linearly to 0 over the last N steps")
+    tr.add_argument("--memory-share", type=float, default=0.0, help="share of clips that are memory cases (unsaid colours, "
+                    "objects leaving and returning inside the window), 0..1")
     te = toy_sub.add_parser("eval", help="generate far past the window per policy; decode the world state; compare with the captions")
     te.add_argument("--out", required=True, help="folder for toyworld.json, toyworld.md, curves and frames")
     te.add_argument("--policies", default="self-forcing,longlive,infinity-rope,headforcing",
@@ -149,6 +162,9 @@ def build_parser() -> Parser:
     te.add_argument("--solver", choices=["euler", "renoise"], help="override the model's solver (to compare them)")
     te.add_argument("--context-noise", type=int, help="override the commit pass's timestep (the model's own: 50)")
     te.add_argument("--blend-chunks", type=int, default=0, help="blend the text conditioning over N chunks at the --change-at switch")
+    te.add_argument("--suite", choices=["default", "memory"], default="default",
+                    help="default: drift against the captions; memory: unsaid colours kept, objects that leave and return "
+                    "(recall after 5, 15, 30, 60 s)")
 
     srv = sub.add_parser("serve", help="a live page: the video plays as it is made, prompts change while it plays")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind; any other than this machine's loopback needs a token")
@@ -157,6 +173,7 @@ def build_parser() -> Parser:
     srv.add_argument("--max-sessions", type=int, default=2, help="live sessions at once; more connections are told the server is busy")
     srv.add_argument("--blend-chunks", type=int, default=0, help="blend the text conditioning over N chunks at a prompt switch (0: hard)")
     add_model_args(srv)
+    add_compile_arg(srv)
 
     conf = sub.add_parser("conformance", help="replay a Self-Forcing recording and compare its latents")
     conf.add_argument("recording")
@@ -214,7 +231,7 @@ def run_generate(args) -> int:
         given = dict(model_request_args(args), seconds=args.seconds, policy=args.policy, heads=args.heads,
                      init_video=args.init_video, init_image=args.init_image,
                      prompt=prompt_timeline(args) if args.prompt or args.timeline else None,
-                     rule=None if args.rule == DEFAULT_RULE else args.rule, crf=args.crf)
+                     rule=None if args.rule == DEFAULT_RULE else args.rule, crf=args.crf, compile=args.compile)
         summary = resume(args.resume, args.out, given, progress=not args.quiet)
         return report_generate(args, summary)
     if args.out is None and not args.latents_only:
@@ -234,6 +251,7 @@ def run_generate(args) -> int:
         init_video=args.init_video,
         init_image=args.init_image,
         crf=18 if args.crf is None else args.crf,
+        compile=args.compile,
         **model_request_args(args),
     )
     return report_generate(args, generate(request, progress=not args.quiet))
@@ -261,7 +279,7 @@ def run_prompt_set(args) -> int:
     policies = (args.policies or args.policy or "headforcing").split(",")
     given_defaults(args)
     template = Request(prompt="", seconds=5.0 if args.seconds is None else args.seconds, heads=args.heads, rule=args.rule,
-                       crf=18 if args.crf is None else args.crf, **model_request_args(args))
+                       crf=18 if args.crf is None else args.crf, compile=args.compile, **model_request_args(args))
     counts = run_set(template, args.prompts, args.out_dir, policies, progress=not args.quiet)
     print(f"rank {counts['rank']} of {counts['world']}: {counts['made']} made, {counts['skipped']} already done, "
           f"{counts['failed']} failed -> {counts['manifest']}")
@@ -320,9 +338,20 @@ def run_bench(args) -> int:
 
     from .tools.bench import bench, table
 
-    model = args.model or ("wan2.1-1.3b" if torch.cuda.is_available() else "tiny")
     durations = parse_durations(args.seconds)
-    rows = bench(args.policies.split(","), durations, model, args.out, args.warmup, size=args.size, device=args.device, dtype=args.dtype)
+    if args.gpu_report:
+        from .tools.bench import gpu_report
+
+        if args.model is None and not torch.cuda.is_available():
+            raise UsageError("--gpu-report measures the real shape on a GPU, and this machine has none "
+                             "(--model tiny runs it as a smoke test)")
+        gpu_report(args.gpu_report, args.model or "wan2.1-1.3b", durations, args.policies.split(","), args.size,
+                   args.device, args.dtype)
+        print(f"wrote {args.gpu_report}/gpu.json and gpu.md")
+        return 0
+    model = args.model or ("wan2.1-1.3b" if torch.cuda.is_available() else "tiny")
+    rows = bench(args.policies.split(","), durations, model, args.out, args.warmup, size=args.size, device=args.device,
+                 dtype=args.dtype, compile=args.compile)
     print(table(rows))
     return 0
 
@@ -344,6 +373,8 @@ def run_toyworld(args) -> int:
 
         if args.steps < 1 or args.batch < 1:
             raise UsageError("--steps and --batch must be at least 1")
+        if not 0 <= args.memory_share <= 1:
+            raise UsageError(f"--memory-share must be 0..1, got {args.memory_share}")
         if not 0 <= args.cooldown <= args.steps:
             raise UsageError(f"--cooldown must be between 0 and --steps ({args.steps}), got {args.cooldown}")
         done = checkpoint_info(args.resume)["steps"] if args.resume else 0
@@ -351,7 +382,7 @@ def run_toyworld(args) -> int:
             raise UsageError(f"--steps {args.steps} is not past the {done} steps of --resume {args.resume}")
         last = train(args.out, args.steps, args.batch, args.seed, args.lr, save_every=args.save_every,
                      log=lambda m: print(m, flush=True), device=args.device, resume=args.resume,
-                     cooldown=args.cooldown)
+                     cooldown=args.cooldown, memory_share=args.memory_share)
         print(f"wrote {last}; use it with --toy-weights {last}")
         return 0
     from .cache.policy import PRESETS
@@ -361,6 +392,19 @@ def run_toyworld(args) -> int:
     unknown = [p for p in policies if p not in PRESETS and p != "truth"]
     if unknown:
         raise UsageError(f"unknown policy {unknown[0]!r}; known: {', '.join(PRESETS)}")
+    if args.suite == "memory":
+        from .toyworld.eval import evaluate_memory
+
+        if args.change_at is not None:
+            raise UsageError("--change-at belongs to the default suite; the memory suite scripts its own scenes")
+        report = evaluate_memory(policies, parse_durations(args.seconds), args.seeds, args.out, args.heads, args.toy_weights,
+                                 dict(solver=args.solver, context_noise=args.context_noise, blend_chunks=args.blend_chunks),
+                                 args.first_seed)
+        if report is None:
+            return 0
+        print((Path(args.out) / "memory.md").read_text(), end="")
+        print(f"wrote {args.out}/memory.json, memory.md, memory_frames_*.png ({len(report['results'])} rows)")
+        return 0
     report = evaluate(policies, parse_durations(args.seconds), args.seeds, args.out, args.heads, args.toy_weights,
                       args.change_at, dict(solver=args.solver, context_noise=args.context_noise, blend_chunks=args.blend_chunks),
                       args.first_seed)
@@ -396,6 +440,8 @@ def run_serve(args) -> int:
     from .server.app import create_app
 
     pipe = load(args.model, **load_args(args))
+    if args.compile:
+        pipe.compile(args.compile)
     app = create_app(pipe, args.max_sessions, token, args.blend_chunks)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"headforcing live: http://{host}:{args.port}/" + (f"?token={token}" if token else "") + "  (Ctrl-C stops)", flush=True)

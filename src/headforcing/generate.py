@@ -50,6 +50,7 @@ class Request:
     init_video: str | None = None  # a clip to continue
     init_image: str | None = None  # an image to start from
     crf: int = 18  # H.264 quality (0: lossless)
+    compile: str | None = None  # torch.compile mode for steady-state chunks (default, reduce-overhead, max-autotune)
 
     def load_args(self) -> dict:
         return dict(wan_dir=self.wan_dir, checkpoint=self.checkpoint, lora=self.lora, lora_alpha=self.lora_alpha,
@@ -72,13 +73,15 @@ class Summary:
     peak_memory_bytes: int
     cache_bytes: int
     timeline: list = field(default_factory=list)
+    compile: dict | None = None  # the session's compile counters (Session.stats()["compile"])
 
     def line(self) -> str:
         return (
             f"frames {self.frames} ({self.latent_frames} latent), duration {self.duration_s:.2f} s, "
             f"took {self.seconds:.2f} s, {self.fps:.1f} FPS, peak memory {self.peak_memory_bytes / 2**20:.0f} MiB, "
             f"cache {self.cache_bytes / 2**20:.2f} MiB"
-        )
+        ) + ("" if self.compile is None else f", compiled {self.compile['compiled_chunks']} of "
+             f"{self.compile['compiled_chunks'] + self.compile['eager_chunks']} chunks ({self.compile['recompiles']} recompiles)")
 
 
 @dataclass
@@ -156,7 +159,7 @@ def trace_lines(session, index: int, decisions: list[dict]) -> list[str]:
             continue
         mine = [d for d in decisions if d["layer"] == layer]
         newest = session.frame - 1
-        slots = {s.name: [newest - f for f in s.frames[s.episodic_first :]] for s in stores}
+        slots = {s.name: [newest - f for f in s.held_frames()[s.episodic_first :]] for s in stores}
         lines.append(json.dumps(dict(
             chunk=index, layer=layer,
             admitted=sum(d["action"] == "admit" for d in mine),
@@ -186,6 +189,8 @@ def generate(request: Request, progress: bool = True, pipe=None) -> Summary:
     """One video. `pipe`: an already loaded model to use (prompt sets load once per process)."""
     work = plan(request)
     pipe = pipe or load(request.model, **request.load_args())
+    if request.compile and pipe.compiled is None:
+        pipe.compile(request.compile)
     for cue in work.timeline:
         pipe.encode(cue["prompt"])
     pipe.offload_text_encoder()  # the prompts are encoded; later switches run it on the CPU
@@ -224,9 +229,11 @@ def resume(state: str, out: str | None, given: dict, progress: bool = True) -> S
         raise UsageError(f"--out {out} is the first part itself; write the whole video to another file")
     if not first.is_file() or count_frames(first) != frames:
         raise UsageError(f"the run's first part {first} is missing or no longer holds its {frames} frames")
-    overrides = {k: given[k] for k in ("device", "text_encoder_device", "crf") if given.get(k) is not None}
+    overrides = {k: given[k] for k in ("device", "text_encoder_device", "crf", "compile") if given.get(k) is not None}
     request = replace(saved, out=out, trace=None, **overrides)
     pipe = load(request.model, **request.load_args())
+    if request.compile:
+        pipe.compile(request.compile)
     session = pipe.resume(state)
     return stream(pipe, session, request, run["timeline"], run["latent_frames"], progress, first_part=first,
                   clip_frames=run["clip_frames"])
@@ -308,4 +315,5 @@ def stream(pipe, session, request: Request, timeline: list[dict], latent_frames:
         peak_memory_bytes=peak_memory(pipe.device),
         cache_bytes=session.cache.nbytes(),
         timeline=shifted,
+        compile=session.stats()["compile"],
     )

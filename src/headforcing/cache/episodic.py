@@ -7,7 +7,10 @@ with the slots: novelty = 1 - max cosine (averaged over the group's heads).
     attention mass that sampled queries of each commit pass give the slot;
   - redundant: it is merged into the most similar slot, a count-weighted average of keys and values
     (the slot keeps the position of its first frame).
-Every decision is logged (for `--trace` and for replay by the oracle).
+Admission is decided on the host (slots fill in a fixed order); replace-or-merge is decided on the device:
+the slot's frame, count and usage are device tensors and both outcomes are one blend
+dst := (1 - w) dst + w src (w = 1 replaces), so a steady-state chunk never waits for the device.
+Every decision is logged with its device values, read only when someone asks (`--trace`, the oracle).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+ACTIONS = ("admit", "merge", "replace")  # codes 0, 1, 2 of the tallies and the log
 
 
 @dataclass(frozen=True)
@@ -31,50 +36,76 @@ class EpisodicMemory:
         self.log = log if log is not None else []
         self.reset()
 
-    def reset(self) -> None:
-        self.count: list[int] = []  # frames merged into each slot
-        self.usage: list[float] = []
+    def reset(self, device=None) -> None:
+        self.held = 0  # occupied slots (a prefix; they fill in order, so this is known on the host)
+        self.frames = torch.zeros(self.slots, dtype=torch.int64, device=device)  # the position-giving frame of each slot
+        self.count = torch.zeros(self.slots, dtype=torch.float32, device=device)  # frames merged into each slot
+        self.usage = torch.zeros(self.slots, dtype=torch.float32, device=device)
+        self.mass = torch.zeros(self.slots, dtype=torch.float32, device=device)  # the commit pass's mass on each slot
+        self.queries = torch.zeros(self.config.usage_queries, dtype=torch.int64, device=device)  # the commit pass's
+        self.n_queries = 0  # sampled query tokens (drawn on the host before the forward)
         self.gen = torch.Generator().manual_seed(self.config.seed)
+        self.tally = torch.zeros(len(ACTIONS), dtype=torch.int64, device=device)  # decisions by action (a cache shares one)
 
-    def _record(self, store, frame: int, action: str, slot: int | None, novelty: float | None) -> None:
-        self.log.append(
-            dict(chunk=store.first_frame // store.chunk_frames, layer=store.layer, role=store.name, frame=frame,
-                 action=action, slot=slot, novelty=novelty, count=self.count[slot] if slot is not None else None)
-        )
+    def _record(self, store, frame: int, action, slot, novelty, count) -> None:
+        self.tally.index_add_(0, torch.as_tensor(action, device=self.tally.device).view(1), torch.ones_like(self.tally[:1]))
+        self.log.append(dict(chunk=store.first_frame // store.chunk_frames, layer=store.layer, role=store.name,
+                             frame=frame, action=action, slot=slot, novelty=novelty, count=count))
+
+    def _similarity(self, store, src: int) -> torch.Tensor:
+        """Mean cosine of the leaving frame's descriptor with each held slot's: [held]."""
+        first = store.episodic_first
+        desc = store.key_descriptor(src)  # [B, Hg, D]
+        held = store.key_descriptor(slice(first, first + self.held))  # [B, Hg, held, D]
+        return (held * desc[:, :, None]).sum(-1).mean((0, 1))
 
     def offer(self, store, src: int) -> None:
         """The frame in slot `src` of `store` is leaving the recent ring."""
         frame, first = store.frames[src], store.episodic_first
-        held = len(store.frames) - first
-        novelty = None
-        if held:
-            desc = store.key_descriptor(src)  # [B, Hg, D]
-            sims = torch.stack([(desc * store.key_descriptor(first + i)).sum(-1).mean() for i in range(held)])
-            novelty = 1.0 - sims.max().item()
-        if held < self.slots:
-            store.copy_slot(src, first + held)
-            self.count.append(1)
-            self.usage.append(sum(self.usage) / len(self.usage) if self.usage else 0.0)
-            self._record(store, frame, "admit", held, novelty)
-        elif novelty >= self.config.novelty:
-            slot = min(range(held), key=self.usage.__getitem__)
-            store.copy_slot(src, first + slot)
-            self.count[slot] = 1
-            self.usage[slot] = sum(self.usage) / held
-            self._record(store, frame, "replace", slot, novelty)
-        else:
-            slot = int(sims.argmax())
-            self.count[slot] += 1
-            store.blend_slot(src, first + slot, 1.0 / self.count[slot])
-            self._record(store, frame, "merge", slot, novelty)
-
-    def observe(self, store, q_rot: torch.Tensor, end: int, committing: bool) -> None:
-        """Update slot usage from the commit pass's attention (a few sampled queries)."""
-        held = len(store.frames) - store.episodic_first
-        if not committing or not held:
+        if self.held < self.slots:  # a free slot: admit
+            novelty = 1.0 - self._similarity(store, src).max() if self.held else None
+            slot = self.held
+            store.blend_slot(src, first + slot, None)
+            self.frames[slot], self.count[slot] = frame, 1.0
+            self.usage[slot] = self.usage[:slot].mean() if slot else 0.0
+            self.held += 1
+            self._record(store, frame, 0, slot, novelty, 1.0)
             return
-        queries = torch.randperm(q_rot.shape[2], generator=self.gen)[: self.config.usage_queries].to(q_rot.device)
-        mass = store.frame_mass(q_rot, end, queries).mean((0, 1, 2))  # [frames]
+        sims = self._similarity(store, src)  # [slots]
+        novelty = 1.0 - sims.max()
+        novel = novelty >= self.config.novelty
+        slot = torch.where(novel, self.usage.argmin(), sims.argmax()).view(1)  # [1], on the device
+        count = torch.where(novel, 1.0, self.count.index_select(0, slot) + 1.0)  # [1]
+        store.blend_slot(src, first + slot, 1.0 / count)  # weight 1: replaced; 1/count: merged
+        self.usage.index_copy_(0, slot, torch.where(novel, self.usage.mean(), self.usage.index_select(0, slot)))
+        self.frames.index_copy_(0, slot, torch.where(novel, frame, self.frames.index_select(0, slot)))
+        self.count.index_copy_(0, slot, count)
+        self._record(store, frame, torch.where(novel, 2, 1), slot, novelty, count)
+
+    def draw_queries(self, tokens: int) -> None:
+        """Before a commit pass of `tokens` query tokens: the ones whose attention measures slot usage."""
+        drawn = torch.randperm(tokens, generator=self.gen)[: self.config.usage_queries]
+        self.n_queries = len(drawn)
+        self.queries[: self.n_queries] = drawn
+
+    def measure(self, store, q_rot: torch.Tensor, end: int) -> None:
+        """Inside the commit pass: the sampled queries' attention mass on each held slot (device only)."""
+        mass = store.frame_mass(q_rot, end, self.queries[: self.n_queries]).mean((0, 1, 2))  # [frames]
+        self.mass[: self.held] = mass[store.episodic_first : store.episodic_first + self.held]
+
+    def update_usage(self) -> None:
+        """After the commit pass, before its frames are committed: usage moves towards the measured mass."""
         d = self.config.usage_decay
-        for i in range(held):
-            self.usage[i] = d * self.usage[i] + (1 - d) * mass[store.episodic_first + i].item()
+        self.usage[: self.held] = d * self.usage[: self.held] + (1 - d) * self.mass[: self.held]
+
+
+def read_log(log: list[dict]) -> list[dict]:
+    """The decisions with their device values read (one wait for the device, when asked)."""
+    out = []
+    for entry in log:
+        d = {key: value.item() if isinstance(value, torch.Tensor) else value for key, value in entry.items()}
+        d["action"], d["count"] = ACTIONS[int(d["action"])], int(d["count"])
+        if d["slot"] is not None:
+            d["slot"] = int(d["slot"])
+        out.append(d)
+    return out

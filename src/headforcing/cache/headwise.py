@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .rope import Rope, rotate
-from .episodic import EpisodicConfig, EpisodicMemory
+from .episodic import ACTIONS, EpisodicConfig, EpisodicMemory, read_log
 from .headmap import HeadMap
 from .policy import Policy
 from .store import KVStore
@@ -69,10 +69,7 @@ class HeadwiseCache:
                 if not heads:
                     continue
                 memory = EpisodicMemory(role.episodic, episodic, self.episodic_log) if role.episodic and episodic else None
-                store = KVStore(role, heads, window_frames, chunk_frames, layer, name, memory)
-                if memory is not None:
-                    store.observers.append(memory.observe)
-                stores.append(store)
+                stores.append(KVStore(role, heads, window_frames, chunk_frames, layer, name, memory))
             self.layers.append(LayerCache(self, stores))
 
     def stores(self):
@@ -81,9 +78,32 @@ class HeadwiseCache:
     def allocate(self, batch: int, grid_hw: tuple[int, int], dtype, device) -> None:
         self.rope = Rope(self.head_dim, grid_hw, device=device)
         self.episodic_log.clear()
+        self.tally = torch.zeros(len(ACTIONS), dtype=torch.int64, device=device)  # decisions by action, all layers
         for store in self.stores():
             store.allocate(batch, self.rope.tokens_per_frame, self.head_dim, dtype, device)
             store.head_index = torch.tensor(store.heads, device=device)
+            if store.memory is not None:
+                store.memory.tally = self.tally
+
+    def buffers(self):
+        """Every preallocated tensor the forwards read or write in place."""
+        for store in self.stores():
+            yield from (t for t in (store.k_raw, store.k_ctx, store.v_ctx, store.k_new, store.v_new, store.chunk_rot) if t is not None)
+            if store.memory is not None:
+                yield from (store.memory.mass, store.memory.queries)
+
+    @property
+    def steady(self) -> bool:
+        """Every store is full and nothing observes the attention: each chunk's forwards now have the same
+        shapes and read only preallocated buffers (the compiled step's precondition)."""
+        return all(s.steady and not s.observers for s in self.stores())
+
+    def decisions(self) -> list[dict]:
+        """The logged episodic decisions (the newest chunk's unless keep_log), read from the device."""
+        return read_log(self.episodic_log)
+
+    def decision_counts(self) -> dict[str, int]:
+        return dict(zip(ACTIONS, self.tally.tolist()))
 
     def begin_chunk(self, first_frame: int, chunk_frames: int) -> None:
         if not self.keep_log:
@@ -139,16 +159,22 @@ class HeadwiseCache:
 
     @contextmanager
     def commit(self):
-        """Forwards inside this block keep the current chunk's keys/values."""
+        """The forward inside this block is a commit pass: it stages the current chunk's keys/values, which
+        are filed into the slots when the block ends (after the forward, outside any compiled region)."""
+        for store in self.stores():
+            if store.memory is not None and store.memory.held:
+                store.memory.draw_queries(store.chunk_len * store.T)
         self.committing = True
         try:
             yield
         finally:
             self.committing = False
+        for store in self.stores():
+            store.commit_chunk()
 
     def nbytes(self) -> int:
         return sum(s.nbytes() for s in self.stores())
 
     def max_position(self) -> int:
         """The largest temporal position used by the current chunk (queries included)."""
-        return max(max(s.positions(s.first_frame, s.chunk_len)[1]) for s in self.stores())
+        return max((s.first_frame if s.absolute else s.occupied) + s.chunk_len - 1 for s in self.stores())

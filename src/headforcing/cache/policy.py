@@ -87,11 +87,18 @@ class RolePolicy:
 class Policy:
     name: str
     roles: dict  # role name -> RolePolicy
+    fractions: dict | None = None  # default head shares per role without a HeadMap (None: DEFAULT_FRACTIONS)
+    rule: str = DEFAULT_RULE  # how `--heads auto` sorts heads into these roles
 
     @property
     def recache_frames(self) -> int:
         """How many of the newest frames a prompt switch re-encodes (0: none)."""
         return max((r.recent for r in self.roles.values() if r.on_switch == "recache"), default=0)
+
+    def warmup_chunks(self, chunk: int, window: int) -> int:
+        """Chunks that fill every role's slots (episodic ones too): from the next chunk on, every chunk has the
+        same shapes (what a compiled step needs)."""
+        return -(-max(r.capacity(window) for r in self.roles.values()) // chunk)
 
     @property
     def bounded(self) -> bool:
@@ -103,7 +110,7 @@ class Policy:
             if len(self.roles) == 1:
                 headmap = HeadMap.uniform(num_layers, num_heads, next(iter(self.roles)))
             else:
-                headmap = HeadMap.by_fraction(num_layers, num_heads, DEFAULT_FRACTIONS)
+                headmap = HeadMap.by_fraction(num_layers, num_heads, self.fractions or DEFAULT_FRACTIONS)
         headmap.check(num_layers, num_heads, self.roles)
         return headmap
 
@@ -145,7 +152,38 @@ def preset(name: str, chunk: int = 3, window: int = 21) -> Policy:
                 "memory": RolePolicy((Sink(3), Episodic(6), Recent(9)), on_switch="recache"),
             },
         )
+    if name == "dummy-forcing":
+        # Dummy Forcing (arXiv 2601.20499; csguoh/DummyForcing, wan/modules/dummyforcing.py): heads sorted by
+        # where their attention goes: first-chunk heads keep only the sink, mid heads the local window, and the
+        # ~25% "dummy" heads (almost all mass on the current chunk) only the newest chunk. Our reading: the sink is
+        # the first chunk; positions as in the Self Forcing code it builds on (absolute).
+        return Policy(
+            name,
+            {
+                "first": RolePolicy((Sink(chunk),), "absolute"),
+                "mid": RolePolicy((Recent(window - chunk),), "absolute"),
+                "dummy": RolePolicy((Recent(chunk),), "absolute"),
+            },
+            fractions={"first": 0.25, "dummy": 0.25, "mid": 0.5},
+            rule="dummy=current:top25%,first=sink:top33%,mid=rest",
+        )
+    if name == "forcing-kv":
+        # Forcing-KV (arXiv 2605.09681; zju-jiyicheng/Forcing-KV, configs_head/head_profile.py and
+        # wan/modules/causal_model_forcingkv_final.py): "static" (local) heads, whose mass on the last 4 frames is
+        # at least half of what they give past the first frame, keep the sink and 1 frame; "dynamic" (temporal)
+        # heads keep the sink, the last 3 frames and a dynamic cache of the most changing patches of older
+        # frames (half of 3 frames' patches). Our reading: the dynamic cache becomes 2 episodic slots of whole
+        # frames (the engine keeps frames, not patches); compact positions.
+        return Policy(
+            name,
+            {
+                "static": RolePolicy((Sink(chunk), Recent(1)), "compact"),
+                "dynamic": RolePolicy((Sink(chunk), Episodic(2), Recent(3)), "compact"),
+            },
+            fractions={"static": 0.5, "dynamic": 0.5},
+            rule="static=current:top50%,dynamic=rest",
+        )
     raise UsageError(f"unknown policy {name!r}; known: {', '.join(PRESETS)}")
 
 
-PRESETS = ("full", "self-forcing", "longlive", "infinity-rope", "deep-forcing", "headforcing")
+PRESETS = ("full", "self-forcing", "longlive", "infinity-rope", "deep-forcing", "headforcing", "dummy-forcing", "forcing-kv")

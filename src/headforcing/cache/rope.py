@@ -3,7 +3,8 @@
 diffusers' `WanRotaryPosEmbed` numbers frames 0..F-1 of the tensor it is given and reads a 1024-entry
 table. Here the temporal angle is computed from the position itself (float64, like original Wan), so a
 cached key can be rotated to any position: a frame's keys are stored before RoPE and rotated once per
-chunk to the position its role gives it.
+chunk to the position its role gives it. Rotations are real (cos, sin) pairs, not complex numbers, so that
+torch.compile's code generators (which have no complex kernels) fuse them into the attention step.
 """
 
 from __future__ import annotations
@@ -40,25 +41,36 @@ class Rope:
             ],
             dim=-1,
         ).reshape(self.tokens_per_frame, -1)  # [T, (h_dim + w_dim)/2]
-        self.spatial = torch.polar(torch.ones_like(hw), hw).to(torch.complex64).to(device)
+        self.spatial = unit_rotations(hw).to(device)  # [T, (h_dim + w_dim)/2, 2]
+        self.inv_t_on_device = self.inv_t.to(device)
 
     def freqs(self, positions: list[int] | torch.Tensor) -> torch.Tensor:
-        """Unit complex rotations [F*T, head_dim/2] for frames at the given temporal positions."""
-        pos = torch.as_tensor(positions, dtype=torch.float64)
-        t_angles = torch.outer(pos, self.inv_t)  # [F, t_dim/2]
-        temporal = torch.polar(torch.ones_like(t_angles), t_angles).to(torch.complex64).to(self.device)
-        num_frames, tokens = len(pos), self.tokens_per_frame
+        """Rotations [F*T, head_dim/2, 2] (cos, sin; float32) for frames at the given temporal positions.
+        A tensor of positions on the device stays there (no host round-trip)."""
+        if isinstance(positions, torch.Tensor):
+            t_angles = torch.outer(positions.to(self.inv_t_on_device.device, torch.float64), self.inv_t_on_device)
+        else:
+            t_angles = torch.outer(torch.as_tensor(positions, dtype=torch.float64), self.inv_t)  # [F, t_dim/2]
+        temporal = unit_rotations(t_angles).to(self.device)
+        num_frames, tokens = t_angles.shape[0], self.tokens_per_frame
         out = torch.cat(
             [
-                temporal[:, None, :].expand(-1, tokens, -1),
-                self.spatial[None].expand(num_frames, -1, -1),
+                temporal[:, None].expand(-1, tokens, -1, -1),
+                self.spatial[None].expand(num_frames, -1, -1, -1),
             ],
-            dim=-1,
+            dim=-2,
         )
-        return out.reshape(num_frames * tokens, -1)
+        return out.reshape(num_frames * tokens, -1, 2)
+
+
+def unit_rotations(angles: torch.Tensor) -> torch.Tensor:
+    """float64 angles [..., n] -> [..., n, 2] (cos, sin) in float32."""
+    return torch.stack([angles.cos(), angles.sin()], dim=-1).float()
 
 
 def rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Rotate x [..., S, D] by freqs [S, D/2] (channel pairs (2i, 2i+1), as in Wan); same dtype out."""
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())  # [..., S, D/2]
-    return torch.view_as_real(pairs * freqs).flatten(-2).to(x.dtype)
+    """Rotate x [..., S, D] by freqs [S, D/2, 2] (channel pairs (2i, 2i+1), as in Wan); same dtype out."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # [..., S, D/2, 2]
+    real, imag = pairs[..., 0], pairs[..., 1]
+    cos, sin = freqs[..., 0], freqs[..., 1]
+    return torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1).flatten(-2).to(x.dtype)

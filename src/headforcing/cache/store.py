@@ -8,6 +8,11 @@ slice [occupied slots | current chunk] of the context buffers: one SDPA call per
 Keys are kept before RoPE (`k_raw`) for compact positions, which change from chunk to chunk; `k_ctx`
 holds the rotated copy, made once per chunk. With absolute positions a key's rotation never changes, so
 it is rotated once when committed and no raw copy is kept.
+
+Static steady state: once every slot is occupied (`steady`), a chunk's forwards see the same shapes every
+time and touch only preallocated buffers: the chunk's rotations are copied into `chunk_rot`, the commit
+pass stages the chunk's raw keys/values in `k_new`/`v_new`, and `commit_chunk()` files them into slots
+after the forward (host bookkeeping and the episodic memory's decisions stay outside the compiled step).
 """
 
 from __future__ import annotations
@@ -42,66 +47,109 @@ class KVStore:
         self.chunk_frames = chunk_frames
         self.memory = memory  # decides what happens to frames leaving `recent` (None: they are dropped)
         self.observers = []  # callables (store, q_rot, keys_end, committing) that read attention, e.g. profilers
-        self.frames: list[int] = []  # frame index held by each occupied slot (a prefix of the slots)
+        self.frames: list[int] = []  # frame index held by each occupied sink/recent slot (a prefix of them)
         self.recent_next = 0  # ring position of the oldest recent frame, once the ring is full
-        self.k_raw = self.k_ctx = self.v_ctx = None
+        self.k_raw = self.k_ctx = self.v_ctx = self.k_new = self.v_new = self.chunk_rot = None
 
     # ---- buffers -------------------------------------------------------------------------------------
     def allocate(self, batch: int, tokens_per_frame: int, head_dim: int, dtype, device) -> None:
-        self.T = tokens_per_frame
-        size = (self.capacity + self.chunk_frames) * tokens_per_frame
-        shape = (batch, len(self.heads), size, head_dim)  # [B, Hg, (slots + chunk) * T, D]
-        self.k_ctx = torch.zeros(shape, dtype=dtype, device=device)
-        self.v_ctx = torch.zeros(shape, dtype=dtype, device=device)
+        self.T = T = tokens_per_frame
+        B, Hg, C = batch, len(self.heads), self.chunk_frames
+        self.k_ctx = torch.zeros(B, Hg, (self.capacity + C) * T, head_dim, dtype=dtype, device=device)  # [slots | chunk]
+        self.v_ctx = torch.zeros_like(self.k_ctx)
+        self.chunk_rot = torch.zeros(C * T, head_dim // 2, 2, device=device)  # the chunk's rotations (cos, sin)
+        self.k_raw = self.k_new = self.v_new = None
         if not self.absolute:
-            raw = (batch, len(self.heads), self.capacity * tokens_per_frame, head_dim)
-            self.k_raw = torch.zeros(raw, dtype=dtype, device=device)
+            self.k_raw = torch.zeros(B, Hg, self.capacity * T, head_dim, dtype=dtype, device=device)
+            self.k_new = torch.zeros(B, Hg, C * T, head_dim, dtype=dtype, device=device)  # the committed chunk's raw keys
+        if self.memory is not None:  # episodic copies may land on the chunk's tail before it is committed
+            self.v_new = torch.zeros(B, Hg, C * T, head_dim, dtype=dtype, device=device)
+            self.memory.reset(device)
         self.frames, self.recent_next = [], 0
-        if self.memory is not None:
-            self.memory.reset()
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.k_raw, self.k_ctx, self.v_ctx) if t is not None)
+        bufs = (self.k_raw, self.k_ctx, self.v_ctx, self.k_new, self.v_new, self.chunk_rot)
+        return sum(t.numel() * t.element_size() for t in bufs if t is not None)
 
     def _tokens(self, slot: int, count: int = 1) -> slice:
         return slice(slot * self.T, (slot + count) * self.T)
 
+    @property
+    def occupied(self) -> int:
+        """Occupied slots: sink and recent, then episodic (always a prefix of the slots)."""
+        return len(self.frames) + (self.memory.held if self.memory is not None else 0)
+
+    @property
+    def steady(self) -> bool:
+        """Every slot this role can fill is filled: from here on every chunk has the same shapes."""
+        return len(self.frames) == self.episodic_first and (self.memory is None or self.memory.held == self.memory.slots)
+
+    def held_frames(self) -> list[int]:
+        """The frame of each occupied slot, in slot order (reads the episodic slots from the device)."""
+        return self.frames + (self.memory.frames[: self.memory.held].tolist() if self.memory is not None else [])
+
     # ---- positions -----------------------------------------------------------------------------------
     def positions(self, first_frame: int, chunk_frames: int) -> tuple[list[int], list[int]]:
         """(temporal position of each occupied slot, of each frame of the current chunk)."""
+        slot_pos = self.slot_positions()
+        if isinstance(slot_pos, tuple):
+            slot_pos = slot_pos[0] + slot_pos[1].tolist()
+        n = self.occupied
+        chunk = range(first_frame, first_frame + chunk_frames) if self.absolute else range(n, n + chunk_frames)
+        return slot_pos, list(chunk)
+
+    def slot_positions(self) -> list[int] | tuple[list[int], torch.Tensor]:
+        """Positions of the occupied slots in slot order: a list, or (sink and recent slots' list, episodic
+        slots' device tensor) when episodic slots are held. Compact positions rank the frames in time order;
+        sink frames precede episodic ones (which left `recent`), which precede recent ones."""
         if self.absolute:
-            return list(self.frames), list(range(first_frame, first_frame + chunk_frames))
-        order = sorted(range(len(self.frames)), key=self.frames.__getitem__)
-        slot_pos = [0] * len(self.frames)
-        for rank, slot in enumerate(order):
-            slot_pos[slot] = rank
-        n = len(self.frames)
-        return slot_pos, list(range(n, n + chunk_frames))
+            return list(self.frames)
+        held = self.memory.held if self.memory is not None else 0
+        sink = list(range(min(len(self.frames), self.n_sink)))
+        recent = self.frames[self.n_sink :]
+        order = sorted(recent)
+        fixed = sink + [self.n_sink + held + order.index(f) for f in recent]
+        if not held:
+            return fixed
+        episodic = self.memory.frames[:held]
+        rank = (episodic[None, :] < episodic[:, None]).sum(1)  # [held]: rank among the episodic frames
+        return fixed, self.n_sink + rank
 
     def begin_chunk(self, rope: Rope, first_frame: int, chunk_frames: int, freqs_of) -> None:
         """Fix this chunk's positions; re-rotate the kept keys (compact) once for the chunk's forwards."""
-        slot_pos, chunk_pos = self.positions(first_frame, chunk_frames)
         self.first_frame, self.chunk_len = first_frame, chunk_frames
-        self.chunk_freqs = freqs_of(chunk_pos)  # [C*T, D/2]
-        if not self.absolute and self.frames:
-            n = len(self.frames)
-            self.k_ctx[:, :, self._tokens(0, n)] = rotate(self.k_raw[:, :, self._tokens(0, n)], freqs_of(slot_pos))
+        n = self.occupied
+        chunk = range(first_frame, first_frame + chunk_frames) if self.absolute else range(n, n + chunk_frames)
+        self.chunk_rot[: chunk_frames * self.T] = freqs_of(list(chunk))  # [C*T, D/2, 2]
+        if not self.absolute and n:
+            slot_pos = self.slot_positions()
+            if isinstance(slot_pos, tuple):  # [sink | recent] from the host, [episodic] from the device
+                freqs = torch.cat([freqs_of(slot_pos[0]), rope.freqs(slot_pos[1])])
+            else:
+                freqs = freqs_of(slot_pos)
+            self.k_ctx[:, :, self._tokens(0, n)] = rotate(self.k_raw[:, :, self._tokens(0, n)], freqs)
 
     # ---- attention -----------------------------------------------------------------------------------
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, commit: bool) -> torch.Tensor:
-        """q, k, v [B, Hg, C*T, D] of the current chunk (k before RoPE) -> attention output [B, Hg, C*T, D]."""
-        start = len(self.frames) * self.T
-        end = start + q.shape[2]
-        q_rot, k_rot = rotate(q, self.chunk_freqs), rotate(k, self.chunk_freqs)
+        """q, k, v [B, Hg, C*T, D] of the current chunk (k before RoPE) -> attention output [B, Hg, C*T, D].
+        A commit pass also stages the chunk for `commit_chunk()` and measures the episodic slots' usage."""
+        S = q.shape[2]
+        start = self.occupied * self.T
+        end = start + S
+        rot = self.chunk_rot[:S]
+        q_rot, k_rot = rotate(q, rot), rotate(k, rot)
         self.k_ctx[:, :, start:end] = k_rot
         self.v_ctx[:, :, start:end] = v
         out = F.scaled_dot_product_attention(q_rot, self.k_ctx[:, :, :end], self.v_ctx[:, :, :end])
+        if commit:
+            if self.k_new is not None:
+                self.k_new[:, :, :S] = k
+            if self.v_new is not None:
+                self.v_new[:, :, :S] = v
+            if self.memory is not None and self.memory.held:
+                self.memory.measure(self, q_rot, end)
         for observe in self.observers:
             observe(self, q_rot, end, commit)
-        if commit:  # from the inputs, not the buffers: committing can move slots over the chunk's tail
-            for i in range(self.chunk_len):
-                t = slice(i * self.T, (i + 1) * self.T)
-                self.commit_frame(self.first_frame + i, k[:, :, t], v[:, :, t], k_rot[:, :, t])
         return out
 
     def frame_mass(self, q_rot: torch.Tensor, end: int, queries: torch.Tensor) -> torch.Tensor:
@@ -112,6 +160,18 @@ class KVStore:
         return scores.softmax(-1).unflatten(-1, (end // self.T, self.T)).sum(-1)
 
     # ---- committing ----------------------------------------------------------------------------------
+    def commit_chunk(self) -> None:
+        """After a commit pass: file the staged chunk's frames into their slots (host bookkeeping and the
+        episodic memory's decisions, outside the forward)."""
+        if self.memory is not None and self.memory.held:
+            self.memory.update_usage()
+        tail = self.occupied  # the chunk sat right after the occupied slots during the forward
+        for i in range(self.chunk_len):
+            t, at = self._tokens(i), self._tokens(tail + i)
+            k_raw = self.k_new[:, :, t] if self.k_new is not None else None
+            v = self.v_new[:, :, t] if self.v_new is not None else self.v_ctx[:, :, at]
+            self.commit_frame(self.first_frame + i, k_raw, v, self.k_ctx[:, :, at] if self.absolute else None)
+
     def commit_frame(self, frame: int, k_raw: torch.Tensor, v: torch.Tensor, k_rot: torch.Tensor | None = None) -> None:
         """Keep one frame: k_raw, v [B, Hg, T, D] (k_rot: its keys rotated at its absolute position)."""
         slot = self._slot_for(frame)
@@ -142,7 +202,7 @@ class KVStore:
         return slot
 
     def recent_slots(self) -> list[int]:
-        return list(range(self.n_sink, min(len(self.frames), self.episodic_first)))
+        return list(range(self.n_sink, len(self.frames)))
 
     def rewrite_recent(self, first_frame: int, k_raw: torch.Tensor, v: torch.Tensor, k_rot: torch.Tensor) -> None:
         """Replace the keys/values of the recent frames among first_frame.. with new ones (a re-encoding):
@@ -155,22 +215,19 @@ class KVStore:
                 self._write(slot, k_raw[:, :, src], v[:, :, src], k_rot[:, :, src] if self.absolute else None)
 
     # ---- slot operations for the episodic memory ------------------------------------------------------
-    def copy_slot(self, src: int, dst: int) -> None:
-        """dst := src (dst may be the next free slot)."""
-        for buf in (self.k_raw, self.k_ctx, self.v_ctx):
-            if buf is not None:
-                buf[:, :, self._tokens(dst)] = buf[:, :, self._tokens(src)]
-        if dst == len(self.frames):
-            self.frames.append(self.frames[src])
-        else:
-            self.frames[dst] = self.frames[src]
-
-    def blend_slot(self, src: int, dst: int, weight: float) -> None:
-        """dst := (1 - weight) dst + weight src, for raw keys and values (dst keeps its frame index)."""
+    def blend_slot(self, src: int, dst, weight: torch.Tensor | None) -> None:
+        """Raw keys and values of slot dst := (1 - weight) dst + weight src; weight None copies into the slot
+        dst (an int). dst, weight [1] on the device: the slot is chosen there. (Episodic roles use compact
+        positions: their rotated keys are remade from the raw ones at every chunk.)"""
         for buf in (self.k_raw, self.v_ctx):
-            d, s = buf[:, :, self._tokens(dst)], buf[:, :, self._tokens(src)]
-            buf[:, :, self._tokens(dst)] = ((1 - weight) * d.float() + weight * s.float()).to(buf.dtype)
+            frames = buf.unflatten(2, (-1, self.T))  # [B, Hg, slots, T, D], a view
+            if weight is None:
+                frames[:, :, dst] = frames[:, :, src]
+                continue
+            mixed = (1 - weight) * frames.index_select(2, dst).float() + weight * frames[:, :, src, None].float()
+            frames.index_copy_(2, dst, mixed.to(buf.dtype))
 
-    def key_descriptor(self, slot: int) -> torch.Tensor:
-        """Unit mean raw key of a slot per head: [B, Hg, D] float32."""
-        return F.normalize(self.k_raw[:, :, self._tokens(slot)].float().mean(2), dim=-1)
+    def key_descriptor(self, slots: int | slice) -> torch.Tensor:
+        """Unit mean raw key per head of a slot [B, Hg, D] (of a range of slots: [B, Hg, n, D]), float32."""
+        keys = self.k_raw.unflatten(2, (-1, self.T))[:, :, slots]  # [B, Hg, (n,) T, D]
+        return F.normalize(keys.float().mean(-2), dim=-1)

@@ -65,6 +65,15 @@ class Pipeline:
         cache_route(transformer)
         self.prompts: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._fingerprint = None
+        self.compiled = None  # CompiledDiT once `compile()` is called: sessions opened after use it
+
+    def compile(self, mode: str = "default", backend: str = "inductor") -> None:
+        """Compile the DiT whole for steady-state chunks (torch.compile, fullgraph): sessions opened from now on
+        run every chunk that starts with a full cache through it. mode: default, reduce-overhead (CUDA graphs)
+        or max-autotune."""
+        from .compiled import CompiledDiT
+
+        self.compiled = CompiledDiT(self.transformer, mode, backend)
 
     @property
     def decodes(self) -> bool:

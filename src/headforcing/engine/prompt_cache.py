@@ -5,7 +5,8 @@ A prompt's context is the same for every denoising step and chunk it drives, yet
 every forward. `install_prompt_cache` memoises the text embedder so that the same context tensor gives the
 same embedded tensor, and swaps attn2's processor for one that keeps that tensor's keys and values. Entries
 are keyed by the tensor object itself (held, so its id cannot be reused) and the newest `size` prompts are
-kept. The result is the stock computation, op for op.
+kept. The result is the stock computation, op for op. Inside a compiled step (torch.compile) the memo is
+bypassed: the context is then an input of the graph, and a prompt switch must not be a recompile.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ class Recent:
         return value
 
 
+def unmemoised() -> bool:
+    """Training (autograd) or tracing for torch.compile: compute the prompt's keys and values in place."""
+    return torch.is_grad_enabled() or torch.compiler.is_compiling()
+
+
 class CachedCrossAttnProcessor:
     """attn2 with the prompt's keys/values kept: project q per call, k/v once per embedded context."""
 
@@ -45,7 +51,7 @@ class CachedCrossAttnProcessor:
             k, v = attn.norm_k(attn.to_k(encoder_hidden_states)), attn.to_v(encoder_hidden_states)
             return tuple(t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (k, v))  # [B, H, L, D]
 
-        k, v = keys_values() if torch.is_grad_enabled() else self.memo.get(encoder_hidden_states, keys_values)
+        k, v = keys_values() if unmemoised() else self.memo.get(encoder_hidden_states, keys_values)
         q = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1)).transpose(1, 2)  # [B, H, S, D]
         out = F.scaled_dot_product_attention(q, k, v)
         return attn.to_out[1](attn.to_out[0](out.transpose(1, 2).flatten(2).type_as(hidden_states)))
@@ -59,7 +65,7 @@ def install_prompt_cache(transformer, size: int = 2) -> None:
         memo, embed = Recent(size), text_embedder.forward
 
         def forward(context):  # the same context tensor -> the same embedded tensor
-            return embed(context) if torch.is_grad_enabled() else memo.get(context, lambda: embed(context))
+            return embed(context) if unmemoised() else memo.get(context, lambda: embed(context))
 
         text_embedder.prompt_memo, text_embedder.forward = memo, forward
     for block in transformer.blocks:

@@ -6,6 +6,7 @@ t = 0 writes its keys/values into the cache (5 forwards per chunk with 4 steps).
 suits distilled few-step models (Self Forcing's); a model trained by plain flow matching (the toy one)
 samples with Euler steps of the flow instead, x = x + (sigma_{i+1} - sigma_i) v, and the last x0.
 Latents are [B, F, C, H, W] (frames second, as in Self-Forcing); the DiT takes [B, C, F, H, W].
+With a compiled DiT, chunks that start with a full cache run its forwards through the compiled graphs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from ..cache.headwise import HeadwiseCache
 from .attention import cache_route
+from .compiled import CompiledDiT, graphs_compiled
 from ..models.schedule import Schedule
 
 
@@ -48,8 +50,12 @@ class ChunkSampler:
     """Samples chunks with one loaded DiT into one session's cache (the DiT's self-attentions are routed to
     that cache for the forwards of each call)."""
 
-    def __init__(self, transformer, cache: HeadwiseCache, schedule: Schedule = Schedule(), chunk_frames: int = 3):
-        self.transformer, self.cache, self.schedule = transformer, cache, schedule
+    def __init__(self, transformer, cache: HeadwiseCache, schedule: Schedule = Schedule(), chunk_frames: int = 3,
+                 compiled: CompiledDiT | None = None):
+        self.transformer, self.cache, self.schedule, self.compiled = transformer, cache, schedule, compiled
+        # eager (cache-filling) and compiled chunks; graphs compiled by this sampler's chunks, and of those the
+        # ones compiled after its first compiled chunk (which compiles the denoising and the commit graph)
+        self.compile_stats = dict(eager_chunks=0, compiled_chunks=0, graphs=0, recompiles=0)
         self.route = cache_route(transformer)
         self.chunk_frames = chunk_frames
         self.timesteps = schedule.warped()
@@ -58,11 +64,11 @@ class ChunkSampler:
         param = transformer.patch_embedding.weight if hasattr(transformer, "patch_embedding") else next(transformer.parameters())
         self.device, self.dtype = param.device, param.dtype
 
-    def velocity(self, x: torch.Tensor, t: float, text: torch.Tensor) -> torch.Tensor:
+    def velocity(self, x: torch.Tensor, t: float, text: torch.Tensor, model=None) -> torch.Tensor:
         """DiT flow prediction for x [B, F, C, H, W] (float32 in and out), attending through this cache."""
         timestep = torch.full((x.shape[0],), t, device=self.device, dtype=torch.float32)
         with self.route.to(self.cache):
-            out = self.transformer(
+            out = (self.transformer if model is None else model)(
                 hidden_states=x.permute(0, 2, 1, 3, 4).to(self.device, self.dtype),
                 timestep=timestep,
                 encoder_hidden_states=text,
@@ -74,6 +80,9 @@ class ChunkSampler:
         patch = self.transformer.config.patch_size
         grid = (latent_chw[1] // patch[1], latent_chw[2] // patch[2])
         self.cache.allocate(batch, grid, self.dtype, self.device)
+        if self.compiled is not None and self.compiled.static_buffers:
+            for buffer in self.cache.buffers():
+                torch._dynamo.mark_static_address(buffer)
 
     @torch.no_grad()
     def chunk(self, index: int, text: torch.Tensor, noise, batch: int, latent_chw, first_frame: int | None = None) -> torch.Tensor:
@@ -82,11 +91,13 @@ class ChunkSampler:
         shape = (batch, self.chunk_frames, *latent_chw)
         first_frame = index * self.chunk_frames if first_frame is None else first_frame
         self.cache.begin_chunk(first_frame, self.chunk_frames)
+        model = self.compiled.module if self.compiled is not None and self.cache.steady else self.transformer
+        graphs = graphs_compiled()
         text = text.to(self.device, self.dtype)
         x = noise.chunk(index, shape).to(self.device, torch.float32)
         euler = self.schedule.solver == "euler"
         for i, (t, sigma) in enumerate(zip(self.timesteps, self.sigmas)):
-            v = self.velocity(x, t, text)
+            v = self.velocity(x, t, text, model)
             x0 = (x.double() - sigma.double() * v.double()).float()
             if i + 1 < len(self.timesteps):
                 s_next = self.sigmas[i + 1].to(self.device)
@@ -95,18 +106,28 @@ class ChunkSampler:
                 else:
                     eps = noise.step(index, i, shape).to(self.device, torch.float32)
                     x = (1 - s_next) * x0 + s_next * eps
-        self.commit(x0, text)
+        self.commit(x0, text, model=model)
+        self._count(model is not self.transformer, graphs_compiled() - graphs)
         return x0
 
+    def _count(self, compiled: bool, new_graphs: int) -> None:
+        stats = self.compile_stats
+        if not compiled:
+            stats["eager_chunks"] += 1
+            return
+        stats["graphs"] += new_graphs
+        stats["recompiles"] += new_graphs if stats["compiled_chunks"] else 0
+        stats["compiled_chunks"] += 1
+
     @torch.no_grad()
-    def commit(self, latents: torch.Tensor, text: torch.Tensor, first_frame: int | None = None) -> None:
+    def commit(self, latents: torch.Tensor, text: torch.Tensor, first_frame: int | None = None, model=None) -> None:
         """Write clean latents [B, n, C, H, W] into the cache: one forward at the commit timestep (Self-Forcing's
         context_noise). Inside `chunk` the chunk is already begun; given frames (a clip to continue) start at
         `first_frame`."""
         if first_frame is not None:
             self.cache.begin_chunk(first_frame, latents.shape[1])
         with self.cache.commit():
-            self.velocity(latents.to(self.device, torch.float32), float(self.schedule.context_noise), text.to(self.device, self.dtype))
+            self.velocity(latents.to(self.device, torch.float32), float(self.schedule.context_noise), text.to(self.device, self.dtype), model)
 
     @torch.no_grad()
     def recache(self, latents: torch.Tensor, first_frame: int, text: torch.Tensor, origin: int = 0) -> None:

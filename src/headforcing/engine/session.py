@@ -65,6 +65,11 @@ def profiling_policy() -> Policy:
     return Policy("full", {"all": RolePolicy((Sink(None),), "compact")})
 
 
+def rule_for(policy: Policy, options: SessionOptions) -> str:
+    """The rule `--heads auto` classifies with: the one given, else the policy's own."""
+    return policy.rule if options.rule == DEFAULT_RULE else options.rule
+
+
 def check_options(spec, options: SessionOptions, headmap: HeadMap | None = None) -> tuple[Policy, HeadMap | None]:
     """Everything about a session's options that can be checked before any work: (policy, the HeadMap it
     runs with, or None for heads="auto"). `headmap`, if given, is used instead of reading options.heads."""
@@ -84,7 +89,7 @@ def check_options(spec, options: SessionOptions, headmap: HeadMap | None = None)
     if options.heads == "auto":
         if len(policy.roles) == 1:
             raise UsageError(f"--heads auto needs a policy with several roles; {options.policy!r} has one")
-        unknown = {step.role for step in parse_rule(options.rule)} - set(policy.roles)
+        unknown = {step.role for step in parse_rule(rule_for(policy, options))} - set(policy.roles)
         if unknown:
             raise UsageError(f"rule names role(s) {sorted(unknown)} that policy {options.policy!r} does not have")
         return policy, None
@@ -109,7 +114,7 @@ class Session:
         stride = self.spec.vae_stride
         self.latent_chw = (self.spec.latent_channels, height // stride[1], width // stride[2])
         self.decoder = pipe.decoder(self.options.decode)
-        self.sampler = ChunkSampler(pipe.transformer, None, self.schedule, self.spec.chunk_frames)
+        self.sampler = ChunkSampler(pipe.transformer, None, self.schedule, self.spec.chunk_frames, pipe.compiled)
         self.profiling = self.headmap is None  # heads="auto": the first window runs in a full cache, profiled
         self.profiler = None
         if self.profiling:
@@ -126,8 +131,6 @@ class Session:
         self.prompt, self.pending = prompt, None
         self.history = [dict(chunk=0, frame=0, prompt=prompt)]  # every prompt switch as applied
         self.recent = None  # clean latents [1, <=R, C, h, w] of the newest frames, for re-encoding at a switch
-        self.episodic_counts = dict(admit=0, merge=0, replace=0)
-        self.decisions: list[dict] = []  # the episodic memory's decisions of the newest commit
         self.blend: list | None = None  # [previous prompt, chunks since the switch] while a switch is blended
         self.timer = lambda phase, fn, *args: fn(*args)  # bench wraps "dit" and "vae" calls with its clock
         pipe.encode(prompt)
@@ -142,14 +145,13 @@ class Session:
 
     def _switch_to_headwise(self) -> None:
         """End of online profiling: classify heads, move the full cache's frames into the head-wise one."""
-        self.headmap = classify(self.profiler.stats(), self.options.rule)
+        self.headmap = classify(self.profiler.stats(), rule_for(self.policy, self.options))
         self.headmap.check(self.spec.num_layers, self.spec.num_heads, self.policy.roles)
         full = self.cache
         self.cache = self._new_cache(self.policy, self.headmap)
         self.sampler.start(1, self.latent_chw)
         self.cache.adopt(full)
         self.profiling, self.profiler = False, None
-        self._tally()
 
     # ---- stepping ------------------------------------------------------------------------------------
     def set_prompt(self, prompt: str) -> None:
@@ -190,12 +192,16 @@ class Session:
         keep = max(self.policy.recache_frames, 1)
         self.recent = latents if self.recent is None else torch.cat([self.recent, latents], dim=1)[:, -keep:]
         self.frame += latents.shape[1]
-        self._tally()
 
-    def _tally(self) -> None:
-        self.decisions = list(self.cache.episodic_log)  # the cache keeps only the newest chunk's
-        for decision in self.decisions:
-            self.episodic_counts[decision["action"]] += 1
+    @property
+    def decisions(self) -> list[dict]:
+        """The episodic memory's decisions of the newest commit (read from the device when asked)."""
+        return self.cache.decisions()
+
+    @property
+    def episodic_counts(self) -> dict[str, int]:
+        """Episodic decisions so far, by action (tallied on the device)."""
+        return self.cache.decision_counts()
 
     def step(self) -> Chunk:
         """Make the next chunk: its latents and, when decoding, its frames."""
@@ -259,6 +265,7 @@ class Session:
             seconds=self.video_frames() / self.spec.fps, cache_bytes=self.cache.nbytes(), prompt=self.prompt,
             prompt_switches=len(self.history) - 1, profiling=self.profiling, episodic=dict(self.episodic_counts),
             policy=self.options.policy,
+            compile=dict(mode=self.pipe.compiled.mode, **self.sampler.compile_stats) if self.pipe.compiled else None,
         )
 
     def save(self, path: str, run: dict | None = None) -> None:

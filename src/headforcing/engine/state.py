@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..cache.episodic import EpisodicConfig
+from ..cache.episodic import ACTIONS, EpisodicConfig
 from ..cache.headmap import HeadMap
 from ..errors import UsageError
 from .decode import StreamingVaeDecoder
@@ -62,7 +62,7 @@ def save_session(session, path: str, run: dict | None = None) -> None:
         tensors["recent"] = cpu(session.recent)
     stores = []
     for i, store in enumerate(session.cache.stores()):
-        used = slice(0, len(store.frames) * store.T)
+        used = slice(0, store.occupied * store.T)
         if store.k_raw is not None:
             tensors[f"store.{i}.k_raw"] = cpu(store.k_raw[:, :, used])
         if store.absolute:
@@ -70,9 +70,10 @@ def save_session(session, path: str, run: dict | None = None) -> None:
         tensors[f"store.{i}.v"] = cpu(store.v_ctx[:, :, used])
         memory = None
         if store.memory is not None:
-            memory = dict(count=store.memory.count, usage=store.memory.usage)
+            held = store.memory.held
+            memory = dict(count=[int(c) for c in store.memory.count[:held].tolist()], usage=store.memory.usage[:held].tolist())
             tensors[f"store.{i}.memory.generator"] = store.memory.gen.get_state()
-        stores.append(dict(layer=store.layer, role=store.name, heads=store.heads, frames=store.frames,
+        stores.append(dict(layer=store.layer, role=store.name, heads=store.heads, frames=store.held_frames(),
                            recent_next=store.recent_next, memory=memory))
     decoder = None
     if isinstance(session.decoder, StreamingVaeDecoder):
@@ -262,10 +263,16 @@ def restore(session, meta: dict, tensors: dict, path: str) -> None:
     for buffer, used, t in writes:
         buffer[:, :, used] = t.to(buffer.device, buffer.dtype)
     for i, (store, saved) in enumerate(zip(stores, meta["stores"])):
-        store.frames, store.recent_next = list(saved["frames"]), saved["recent_next"]
+        frames = list(saved["frames"])
+        store.frames, store.recent_next = frames[: store.episodic_first], saved["recent_next"]
         if store.memory is not None:
-            store.memory.count, store.memory.usage = list(saved["memory"]["count"]), list(saved["memory"]["usage"])
-            store.memory.gen.set_state(tensors[f"store.{i}.memory.generator"])
+            memory, held = store.memory, len(frames) - len(store.frames)
+            memory.held = held
+            for name, values in (("frames", frames[store.episodic_first :]), ("count", saved["memory"]["count"]),
+                                 ("usage", saved["memory"]["usage"])):
+                buffer = getattr(memory, name)
+                buffer[:held] = torch.tensor(values, dtype=buffer.dtype)
+            memory.gen.set_state(tensors[f"store.{i}.memory.generator"])
     if feats:
         session.decoder.feat_cache, session.decoder.first = feats, meta["decoder"]["first"]
     if session.profiler is not None:
@@ -280,7 +287,7 @@ def restore(session, meta: dict, tensors: dict, path: str) -> None:
     session.recent = tensors["recent"].to(session.pipe.device) if "recent" in tensors else None
     session.chunk, session.frame, session.origin = meta["chunk"], meta["frame"], meta["origin"]
     session.prompt, session.pending, session.history = meta["prompt"], meta["pending"], meta["history"]
-    session.episodic_counts = dict(meta["episodic_counts"])
+    session.cache.tally.copy_(torch.tensor([meta["episodic_counts"][a] for a in ACTIONS]))
     session.blend = list(meta["blend"]) if meta.get("blend") is not None else None
     for prompt in {session.prompt, session.pending, (session.blend or [None])[0]} - {None}:
         session.pipe.encode(prompt)

@@ -1,7 +1,8 @@
 """`headforcing bench`: presets x durations at the real shape (random weights unless given), timed chunk by
 chunk after a warm-up: end-to-end, DiT-only and VAE-only FPS, time to first frame, peak memory, cache
-bytes, and achieved TFLOP/s against a counted-FLOP model of each chunk. On a CPU it runs the tiny model
-as a smoke test of the same path."""
+bytes, achieved TFLOP/s against a counted-FLOP model of each chunk, and (with --compile) recompiles. On a
+CPU it runs the tiny model as a smoke test of the same path. `--gpu-report DIR` is the one GPU script:
+eager vs compiled vs CUDA graphs, every row written as it comes."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def chunk_flops(session) -> float:
     forwards = len(session.sampler.timesteps) + 1
     total = 0.0
     for layer in session.cache.layers:  # per layer: its own groups (their sizes can differ by layer)
-        groups = [(len(s.heads), (len(s.frames) + C) * T) for s in layer.stores]
+        groups = [(len(s.heads), (s.occupied + C) * T) for s in layer.stores]
         total += forward_flops({**session.spec.transformer, "num_layers": 1}, C * T, session.spec.text_len, groups, text_kv=False)
     return forwards * total
 
@@ -63,20 +64,31 @@ class Timer:
 
 
 PROMPT = "a drone shot over a coastline at sunset"
+TOY_PROMPT = "a red circle and a blue square bounce on a green background"  # in the toy model's grammar
 
 
-def run_one(pipe: Pipeline, policy: str, seconds: float, warmup_chunks: int = 2, size=None) -> dict:
-    """One timed session after `warmup_chunks` chunks of a warm-up session on the same loaded model; the DiT
-    and the VAE are timed through the session's own `timer` hook, around its own step."""
-    spec, device = pipe.spec, pipe.device
-    warm = pipe.session(PROMPT, policy=policy, size=size)
-    for _ in range(warmup_chunks):
+def prompt_for(pipe: Pipeline) -> str:
+    return TOY_PROMPT if pipe.spec.name == "toy" else PROMPT
+
+
+def warm_up(pipe: Pipeline, policy: str, chunks: int, size) -> None:
+    """A throw-away session on the same model: kernels chosen, caches allocated once; with a compiled DiT it
+    runs until two chunks have gone through the compiled graphs (so the timed session compiles nothing)."""
+    warm = pipe.session(prompt_for(pipe), policy=policy, size=size)
+    while warm.chunk < chunks or (pipe.compiled is not None and warm.sampler.compile_stats["compiled_chunks"] < 2):
         warm.step()
-    del warm
+
+
+def run_session(pipe: Pipeline, policy: str, durations: list[float], warmup_chunks: int = 2, size=None) -> list[dict]:
+    """One timed session, long enough for the longest duration, after a warm-up session on the same loaded
+    model; a row per duration from the chunks that make it (the first 10 s of a 60 s session are a 10 s
+    run: sessions do not know their end). DiT and VAE are timed through the session's own `timer` hook."""
+    spec, device = pipe.spec, pipe.device
+    warm_up(pipe, policy, warmup_chunks, size)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
-    session = pipe.session(PROMPT, policy=policy, size=size)
+    session = pipe.session(prompt_for(pipe), policy=policy, size=size)
     timer, times = Timer(device), {"dit": [], "vae": []}
 
     def timed(phase, fn, *args):
@@ -85,20 +97,29 @@ def run_one(pipe: Pipeline, policy: str, seconds: float, warmup_chunks: int = 2,
         return out
 
     session.timer = timed
-    latent_frames = latent_frames_for(seconds, spec.fps, spec.chunk_frames, spec.vae_stride[0])
-    flops, first_frame_s = 0.0, None
+    ends = {latent_frames_for(d, spec.fps, spec.chunk_frames, spec.vae_stride[0]) // spec.chunk_frames: d for d in durations}
+    rows, flops, first_frame_s = [], 0.0, None
     start = time.perf_counter()
-    for _ in range(latent_frames // spec.chunk_frames):
+    while session.chunk < max(ends):
         flops += chunk_flops(session)  # before the chunk: the stores hold exactly the context it attends to
         session.step()
         if first_frame_s is None:
             first_frame_s = time.perf_counter() - start
-    total = time.perf_counter() - start
+        if session.chunk in ends:
+            rows.append(row(pipe, session, ends[session.chunk], time.perf_counter() - start, times, flops, first_frame_s))
+    return rows
+
+
+def row(pipe: Pipeline, session, seconds: float, total: float, times: dict, flops: float, first_frame_s: float) -> dict:
+    spec, device = pipe.spec, pipe.device
     frames, dit, vae = session.video_frames(), times["dit"], times["vae"]
+    compiled = session.stats()["compile"]
     return dict(
-        policy=policy, seconds=seconds, frames=frames, latent_frames=session.frame,
+        policy=session.options.policy, seconds=seconds, frames=frames, latent_frames=session.frame,
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         dtype=str(pipe.dtype).replace("torch.", ""), model=spec.name, size=f"{session.width}x{session.height}",
+        compile=compiled["mode"] if compiled else "eager", recompiles=compiled["recompiles"] if compiled else 0,
+        compiled_chunks=compiled["compiled_chunks"] if compiled else 0,
         e2e_fps=frames / total, dit_fps=frames / sum(dit), vae_fps=frames / sum(vae),
         time_to_first_frame_s=first_frame_s, median_chunk_dit_s=statistics.median(dit),
         median_chunk_vae_s=statistics.median(vae), peak_memory_bytes=peak_memory(device),
@@ -107,28 +128,65 @@ def run_one(pipe: Pipeline, policy: str, seconds: float, warmup_chunks: int = 2,
 
 
 def table(rows: list[dict]) -> str:
-    head = "| policy | seconds | frames | e2e FPS | DiT FPS | VAE FPS | first frame s | peak GiB | cache MiB | TFLOP/s | device |"
-    lines = [head, "|" + "---|" * 11]
+    head = ("| policy | compile | seconds | frames | e2e FPS | DiT FPS | VAE FPS | first frame s | peak GiB | cache MiB | "
+            "TFLOP/s | recompiles | device |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['policy']} | {r['compile']} | {r['seconds']:g} | failed: {r['error']} |" + " |" * 9)
+            continue
         lines.append(
-            f"| {r['policy']} | {r['seconds']:g} | {r['frames']} | {r['e2e_fps']:.2f} | {r['dit_fps']:.2f} | {r['vae_fps']:.2f} | "
-            f"{r['time_to_first_frame_s']:.3f} | {r['peak_memory_bytes'] / 2**30:.2f} | {r['cache_bytes'] / 2**20:.1f} | "
-            f"{r['tflops']:.3f} | {r['device']} |"
+            f"| {r['policy']} | {r['compile']} | {r['seconds']:g} | {r['frames']} | {r['e2e_fps']:.2f} | {r['dit_fps']:.2f} | "
+            f"{r['vae_fps']:.2f} | {r['time_to_first_frame_s']:.3f} | {r['peak_memory_bytes'] / 2**30:.2f} | "
+            f"{r['cache_bytes'] / 2**20:.1f} | {r['tflops']:.3f} | {r['recompiles']} | {r['device']} |"
         )
     return "\n".join(lines)
 
 
 def bench(policies: list[str], durations: list[float], model: str, out: str | None, warmup: int = 2, size=None,
-          device: str | None = None, dtype: str | None = None) -> list[dict]:
-    """Every policy x duration on one loaded model (loaded once)."""
+          device: str | None = None, dtype: str | None = None, compile: str | None = None) -> list[dict]:
+    """Every policy x duration on one loaded model (loaded once); compiled for steady chunks if `compile`."""
     from ..cache.policy import preset
 
     for policy in policies:
         preset(policy)  # an unknown name fails before the model loads
     pipe = load(model, device=device, dtype=dtype)
-    rows = [run_one(pipe, policy, seconds, warmup, size) for policy in policies for seconds in durations]
+    if compile:
+        pipe.compile(compile)
+    rows = [r for policy in policies for r in run_session(pipe, policy, durations, warmup, size)]
     if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        Path(out, "bench.json").write_text(json.dumps(rows, indent=1))
-        Path(out, "bench.md").write_text(table(rows) + "\n")
+        write(out, rows)
+    return rows
+
+
+def write(out: str, rows: list[dict], name: str = "bench") -> None:
+    Path(out).mkdir(parents=True, exist_ok=True)
+    Path(out, f"{name}.json").write_text(json.dumps(rows, indent=1))
+    Path(out, f"{name}.md").write_text(table(rows) + "\n")
+
+
+GPU_MODES = ("eager", "default", "reduce-overhead")
+
+
+def gpu_report(out: str, model: str = "wan2.1-1.3b", durations=(10.0, 60.0), policies=("self-forcing", "headforcing"),
+               size=None, device: str | None = None, dtype: str | None = None, log=print, modes=GPU_MODES) -> list[dict]:
+    """The whole GPU measurement in one go (about 10 minutes on one H100/H200): eager, torch.compile and CUDA
+    graphs x policies x durations, at the model's size (832x480 for Wan) with random weights. Rows are written
+    as they come (DIR/gpu.json, DIR/gpu.md), so a run cut short still leaves what it measured; a mode that fails
+    is a row saying why, and the next one runs."""
+    pipe = load(model, device=device, dtype=dtype)
+    rows = []
+    for mode in modes:
+        pipe.compiled = None
+        torch._dynamo.reset()  # each mode compiles afresh (and none inherits another's recompile budget)
+        for policy in policies:
+            try:
+                if mode != "eager" and pipe.compiled is None:
+                    pipe.compile(mode)
+                rows += run_session(pipe, policy, list(durations), size=size)
+            except Exception as e:  # noqa: BLE001 - a report row says what failed; the other modes still run
+                rows += [dict(policy=policy, compile=mode, seconds=d, error=f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")
+                         for d in durations]
+            write(out, rows, "gpu")
+            log(table(rows[-len(durations):]).splitlines()[-1])
     return rows

@@ -25,9 +25,11 @@ from ..models.specs import TOY
 from ..engine.pipeline import Pipeline, load
 from ..engine.session import schedule_for
 from ..engine.timeline import Cue, latent_frames_for, schedule
+from .memory import GAPS, RETURNER, MemoryScene, identity, recall
 from .world import PALETTE, change_caption, decode_state, generate, make_world, pick_change
 
 WINDOW = TOY.trained_frames  # 21 frames = 5.25 s
+CHANCE = 1 / 6  # a returning object's colour drawn at random: 8 colours less the background and the keeper
 FRAME_METRICS = ("background_ok", "background_distance", "colour_recall", "all_colours", "shape_ok", "count_ok", "spurious",
                  "speed")
 METRICS = (*FRAME_METRICS, "frozen")  # frozen: the window's mean object speed is under 0.25 px/frame
@@ -240,27 +242,177 @@ def run_share(runs: list, rank: int, size: int, change_at, heads, sampling, firs
     return done
 
 
-def gather(done: dict, out_dir: Path, rank: int, size: int, group) -> dict | None:
-    """Every rank's runs on rank 0 (None elsewhere): tracks as JSON, kept frames as .npz (no pickle)."""
+def gather(done: dict, out_dir: Path, rank: int, size: int, group, to_json=asdict, from_json=lambda f: Track(**f)) -> dict | None:
+    """Every rank's runs on rank 0 (None elsewhere): results as JSON, kept frames as .npz (no pickle)."""
     parts = out_dir / ".parts"
     parts.mkdir(parents=True, exist_ok=True)
-    (parts / f"rank{rank}.json").write_text(json.dumps({i: asdict(track) for i, (track, _) in done.items()}))
+    (parts / f"rank{rank}.json").write_text(json.dumps({i: to_json(result) for i, (result, _) in done.items()}))
     np.savez(parts / f"rank{rank}.npz", **{f"{i}_{f}": frame for i, (_, kept) in done.items() for f, frame in kept.items()})
     group.barrier()
     if rank != 0:
         return None
     merged = {}
     for r in range(size):
-        tracks = json.loads((parts / f"rank{r}.json").read_text())
+        results = json.loads((parts / f"rank{r}.json").read_text())
         with np.load(parts / f"rank{r}.npz", allow_pickle=False) as frames:
             kept = {key: frames[key] for key in frames.files}
-        for i, fields in tracks.items():
+        for i, fields in results.items():
             mine = {int(k.split("_")[1]): v for k, v in kept.items() if k.split("_")[0] == i}
-            merged[int(i)] = (Track(**fields), mine)
+            merged[int(i)] = (from_json(fields), mine)
         (parts / f"rank{r}.json").unlink()
         (parts / f"rank{r}.npz").unlink()
     parts.rmdir()
     return merged
+
+
+# ---- the memory suite -------------------------------------------------------------------------------------
+def memory_video(pipe: Pipeline | None, policy: str, seconds: float, seed: int, scene: MemoryScene, heads, sampling: dict):
+    """(frames one by one, cues as (first frame, caption)): the world's own ("truth") or a session's, its
+    prompt switched at each event."""
+    C = TOY.chunk_frames
+    n = latent_frames_for(seconds, TOY.fps, C, TOY.vae_stride[0])
+    cues = [(f, text) for f, text in scene.cues() if f < n]
+    if policy == "truth":
+        return scene.frames(n), cues
+    session = pipe.session(cues[0][1], policy=policy, seed=seed, heads=heads, **sampling)
+    switches = {f // C: text for f, text in cues[1:]}
+
+    def frames():
+        for index in range(n // C):
+            if index in switches:
+                session.set_prompt(switches[index])
+            yield from session.step().frames[0].numpy()
+
+    return frames(), cues
+
+
+def run_memory(pipe, policy: str, durations: list[float], seed: int, heads=None, sampling=None, keep=()) -> tuple[dict, dict]:
+    """One video of a seed's memory scene as long as the longest duration, measured on each duration's first
+    frames (a session does not know its end: the first 60 s of a 300 s video are a 60 s video)."""
+    scene = MemoryScene.for_seed(seed, max(durations))
+    frames, cues = memory_video(pipe, policy, max(durations), seed, scene, heads, sampling or {})
+    return measure_memory(frames, scene, cues, keep, durations)
+
+
+def measure_memory(frames, scene: MemoryScene, cues: list[tuple[int, str]], keep=(), durations=None) -> tuple[dict, dict]:
+    """Per duration (seconds; None: the whole video): identity persistence, every return the video reaches (3 s
+    past it), and the captioned check (the colours the caption in force names are on screen); and the frames
+    asked to `keep`."""
+    said = {f: {w for w in text.split() if w in PALETTE} for f, text in cues}  # colours each caption names
+    seen, captioned, kept = [], [], {}
+    for f, frame in enumerate(frames):
+        decoded = decode_state(frame)
+        colours = frozenset(o["colour"] for o in decoded["objects"])
+        seen.append((decoded["background"], colours))
+        named = said[max(c for c in said if c <= f)]
+        captioned.append(float(named <= colours))
+        if f in keep:
+            kept[f] = frame
+    returner = scene.world.things[RETURNER].colour
+    results = {}
+    for seconds in durations or [len(seen) / TOY.fps]:
+        n = latent_frames_for(seconds, TOY.fps, TOY.chunk_frames, TOY.vae_stride[0])
+        part = seen[:n]
+        recalls = [recall(part, e, TOY.fps) for e in scene.returns() if e["back"] + 3 * TOY.fps <= n]
+        results[seconds] = dict(identity=identity(part, returner, WINDOW), recalls=recalls, captioned=float(np.mean(captioned[:n])))
+    return (results if durations else results[next(iter(results))]), kept
+
+
+def memory_summary(runs: list[dict]) -> dict:
+    """Over seeds: identity persistence (mean, spread), recall per absence and per kind of object (hits of the
+    scorable returns, their count), the true colour's return, the captioned check, and chance."""
+    def spread(values):
+        a = np.asarray(values, float)
+        a = a[np.isfinite(a)]
+        return dict(mean=float(a.mean()) if a.size else float("nan"), std=float(a.std()) if a.size else float("nan"), seeds=int(a.size))
+
+    recall_table = {}
+    for gap in GAPS:
+        for who in ("from_start", "late"):
+            events = [r for run in runs for r in run["recalls"] if r["gap"] == gap and r["who"] == who]
+            if not events:
+                continue
+            scored = [r["hit"] for r in events if r["hit"] is not None]
+            recall_table.setdefault(f"{gap:g}", {})[who] = dict(
+                recall=float(np.mean(scored)) if scored else float("nan"), scored=len(scored), events=len(events),
+                true_colour=float(np.mean([r["truth"] for r in events])))
+    return dict(
+        identity_persistence={k: spread([run["identity"][k] for run in runs]) for k in ("background", "object_colour")},
+        recall=recall_table, chance=CHANCE, captioned=spread([run["captioned"] for run in runs]))
+
+
+def evaluate_memory(policies: list[str], durations: list[float], seeds: int, out: str, heads: str | None = None,
+                    weights: str | None = None, sampling: dict | None = None, first_seed: int = 0, progress=print) -> dict | None:
+    """`toyworld eval --suite memory`: per policy x duration x seed, a memory scene; a report per policy."""
+    if seeds < 1 or first_seed < 0:
+        raise UsageError(f"--seeds must be at least 1 and --first-seed 0 or more, got {seeds} and {first_seed}")
+    out_dir = Path(out)
+    runs = [(policy, seed) for policy in policies for seed in range(first_seed, first_seed + seeds)]
+    rank, size, _ = world()
+    group = Group(size)
+    try:
+        share = [i for i in range(len(runs)) if i % size == rank]
+        pipe = load("toy", toy_weights=weights) if any(runs[i][0] != "truth" for i in share) else None
+        done = {}
+        for i in share:
+            policy, seed = runs[i]
+            scene = MemoryScene.for_seed(seed, max(durations))
+            keep = sorted({f for d in durations for f in strip_frames(scene, d)}) if seed == first_seed else ()
+            by_duration, kept = run_memory(pipe, policy, durations, seed, heads if policy == "headforcing" else None, sampling, keep)
+            done[i] = ({f"{d:g}": r for d, r in by_duration.items()}, kept)
+            progress(f"memory: {policy} {max(durations):g} s seed {seed} done" + (f" (rank {rank} of {size})" if size > 1 else ""))
+        if size > 1:
+            done = gather(done, out_dir, rank, size, group, to_json=lambda r: r, from_json=lambda r: r)
+            if done is None:
+                return None
+    finally:
+        group.close()
+    results, strips = [], {}
+    for seconds in durations:
+        for policy in policies:
+            mine = [done[i][0][f"{seconds:g}"] for i, run in enumerate(runs) if run[0] == policy]
+            kept = next(done[i][1] for i, run in enumerate(runs) if run == (policy, first_seed))
+            shown = strip_frames(MemoryScene.for_seed(first_seed, max(durations)), seconds)
+            strips[(seconds, policy)] = {f: kept[f] for f in shown}
+            results.append(dict(policy=policy, seconds=seconds, seeds=seeds, first_seed=first_seed, memory=memory_summary(mine)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = dict(suite="memory", policies=policies, durations=durations, seeds=seeds, first_seed=first_seed,
+                  weights=weights or "shipped", heads=heads, chance=CHANCE, results=results)
+    (out_dir / "memory.json").write_text(json.dumps(report, indent=1))
+    (out_dir / "memory.md").write_text(memory_table(results))
+    write_strips(strips, out_dir, prefix="memory_frames")
+    return report
+
+
+def strip_frames(scene: MemoryScene, seconds: float) -> list[int]:
+    """Frames around the returner's longest return in the video: before and after it leaves, before and after it
+    comes back."""
+    back = [e for e in scene.returns() if e["who"] == "from_start" and e["back"] + 3 * TOY.fps < seconds * TOY.fps]
+    if not back:
+        return []
+    e = back[-1]
+    return [e["leave"] - TOY.fps, e["leave"] + TOY.fps, e["back"] - TOY.fps, e["back"] + TOY.fps, e["back"] + 2 * TOY.fps]
+
+
+def memory_table(results: list[dict]) -> str:
+    gaps = sorted({g for r in results for g in r["memory"]["recall"]}, key=float)
+    head = ("| policy | video | identity: background / keeper colour (mean ± sd over seeds) | "
+            + " | ".join(f"recall after {g} s: start / late" for g in gaps) + " | captioned colours |")
+    lines = [head, "|" + "---|" * (4 + len(gaps))]
+    for r in results:
+        m = r["memory"]
+        ip = m["identity_persistence"]
+        cells = []
+        for g in gaps:
+            entry = m["recall"].get(g, {})
+            cells.append(" / ".join(f"{entry[w]['recall']:.2f} ({entry[w]['scored']})" if w in entry else "–"
+                                    for w in ("from_start", "late")))
+        lines.append(f"| {r['policy']} | {r['seconds']:g} s | {ip['background']['mean']:.2f} ± {ip['background']['std']:.2f} / "
+                     f"{ip['object_colour']['mean']:.2f} ± {ip['object_colour']['std']:.2f} | " + " | ".join(cells)
+                     + f" | {m['captioned']['mean']:.2f} |")
+    lines += ["", f"Recall: share of scorable returns (count in brackets) whose colour is the one the object left with; "
+              f"chance {CHANCE:.2f} (1 in {round(1 / CHANCE)})."]
+    return "\n".join(lines) + "\n"
 
 
 def table(results: list[dict]) -> str:
@@ -320,7 +472,7 @@ def write_curves(curves: dict, out_dir: Path) -> None:
             writer.writerows(rows)
 
 
-def write_strips(strips: dict, out_dir: Path, scale: int = 3) -> None:
+def write_strips(strips: dict, out_dir: Path, scale: int = 3, prefix: str = "frames") -> None:
     """Per duration, one PNG of seed 0: a row per policy, frames at 0, 5, 30 s, the middle and the end."""
     import cv2
 
@@ -340,4 +492,4 @@ def write_strips(strips: dict, out_dir: Path, scale: int = 3) -> None:
             cv2.putText(label, policy, (4, row.shape[0] // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1)
             rows.append(np.concatenate([label, row], axis=1))
         grid = np.concatenate(rows, axis=0)
-        cv2.imwrite(str(out_dir / f"frames_{seconds:g}s.png"), grid[..., ::-1])
+        cv2.imwrite(str(out_dir / f"{prefix}_{seconds:g}s.png"), grid[..., ::-1])

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..models.specs import build_transformer
 from ..models.toy import TOY, build_word_encoder, checkpoint_info, load_toy, save_toy
+from .memory import training_clip
 from .world import generate
 
 CHUNKS = TOY.trained_frames // TOY.chunk_frames  # 7
@@ -93,32 +94,38 @@ def sample_sigmas(rng: np.random.Generator, n: int, shift: float = 8.0) -> np.nd
     return np.where(rng.uniform(size=n) < 0.3, u, shifted)
 
 
-def make_batch(step: int, batch: int, seed: int, words, size: int, device: str = "cpu"):
+CAPTIONS = 3  # caption slots per clip: a clip's caption may change at up to two chunk starts
+
+
+def make_batch(step: int, batch: int, seed: int, words, size: int, device: str = "cpu", memory_share: float = 0.0):
     """Clips [B, 21, 3, H, W] in [-1, 1], per-chunk sigma [B, 7] (0 = clean), the caption words (ids
-    [2B, L], lengths [2B]: captions before and after the change) and the per-token caption mask
-    [B, 1, S, 2 L], on `device`."""
+    [3B, L], lengths [3B]: each clip's captions, the last repeated) and the per-token caption mask
+    [B, 1, S, 3 L], on `device`. A `memory_share` of the clips are memory cases (memory.training_clip)."""
     rng = np.random.default_rng([seed, step])
-    frames, sigmas, before, after, change = [], [], [], [], []
+    frames, sigmas, captions, caption_of_chunk = [], [], [], []
+    C = TOY.chunk_frames
     for i in range(batch):
-        change_chunk = int(rng.integers(1, CHUNKS)) if rng.uniform() < 0.2 else CHUNKS
-        clip, _, captions = generate(int(rng.integers(2**31)), TOY.trained_frames, size,
-                                     change_at=change_chunk * TOY.chunk_frames if change_chunk < CHUNKS else None)
+        if memory_share and rng.uniform() < memory_share:
+            clip, cues = training_clip(rng, TOY.trained_frames, size)
+        else:
+            change_chunk = int(rng.integers(1, CHUNKS)) if rng.uniform() < 0.2 else CHUNKS
+            clip, _, cues = generate(int(rng.integers(2**31)), TOY.trained_frames, size,
+                                     change_at=change_chunk * C if change_chunk < CHUNKS else None)
         frames.append(clip)
-        before.append(captions[0][1])
-        after.append(captions[-1][1])
-        change.append(change_chunk)
+        texts = [text for _, text in cues] + [cues[-1][1]] * (CAPTIONS - len(cues))
+        captions.append(texts)
+        caption_of_chunk.append([max(j for j, (f, _) in enumerate(cues) if f <= c * C) for c in range(CHUNKS)])
         first_noisy = 0 if rng.uniform() < 0.5 else int(rng.integers(0, CHUNKS))
         s = sample_sigmas(rng, CHUNKS)
         s[:first_noisy] = 0.0
         sigmas.append(s)
     x = torch.from_numpy(np.stack(frames)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1.0
-    ids, lengths = words.batch(before + after)
+    ids, lengths = words.batch([texts[k] for k in range(CAPTIONS) for texts in captions])  # slot-major
     tokens = (size // 4) ** 2
-    chunk_of_token = torch.arange(TOY.trained_frames).repeat_interleave(tokens) // TOY.chunk_frames  # [S]
     L = words.text_len
-    second = chunk_of_token[None, :] >= torch.tensor(change)[:, None]  # [B, S]: token sees the new caption
-    slot = torch.arange(2 * L)[None, None, :] >= L  # [1, 1, 2L]
-    text_mask = (slot == second[..., None])[:, None]  # [B, 1, S, 2L]
+    slot_of_token = torch.tensor(caption_of_chunk).repeat_interleave(C * tokens, dim=1)  # [B, S]
+    slot = torch.arange(CAPTIONS * L)[None, None, :] // L  # [1, 1, 3L]
+    text_mask = (slot == slot_of_token[..., None])[:, None]  # [B, 1, S, 3L]
     sigma = torch.from_numpy(np.stack(sigmas)).float()
     return x.to(device), sigma.to(device), (ids.to(device), lengths.to(device)), text_mask.to(device)
 
@@ -131,10 +138,11 @@ def learning_rate(step: int, first: int, last: int, lr: float, warmup: int, cool
 
 def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3, warmup: int = 200,
           ema_decay: float = 0.999, save_every: int = 500, log=print, device: str = "cpu",
-          resume: str | None = None, cooldown: int = 0) -> Path:
+          resume: str | None = None, cooldown: int = 0, memory_share: float = 0.0) -> Path:
     """Train to step `steps`. `resume`: a checkpoint of this function; its EMA weights start both the model and
     the average, the steps go on from its step with the same data, the optimiser's moments start afresh (so
-    warm-up is run again). `cooldown`: the learning rate falls linearly to 0 over the last `cooldown` steps."""
+    warm-up is run again). `cooldown`: the learning rate falls linearly to 0 over the last `cooldown` steps.
+    `memory_share`: the share of clips that are memory cases (unsaid colours, leave and return in the window)."""
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     size = TOY.size[0]
@@ -156,14 +164,14 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
     out_dir.mkdir(parents=True, exist_ok=True)
     start, losses = time.perf_counter(), []
     for step in range(first, steps + 1):
-        x0, sigma, (ids, lengths), text_mask = make_batch(step, batch, seed, words, size, device)
+        x0, sigma, (ids, lengths), text_mask = make_batch(step, batch, seed, words, size, device, memory_share)
         holder["cross"] = text_mask
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         eps = torch.randn(x0.shape, generator=gen).to(device)  # drawn on the CPU: the same noise on any device
         s = sigma.repeat_interleave(TOY.chunk_frames, dim=1)[:, :, None, None, None]  # [B, 21, 1, 1, 1]
         xt = (1 - s) * x0 + s * eps
-        context = words(ids, lengths)  # [2B, L, D]
-        context = torch.cat([context[:batch], context[batch:]], dim=1)  # [B, 2L, D]
+        context = words(ids, lengths)  # [3B, L, D], slot-major
+        context = torch.cat(context.split(batch), dim=1)  # [B, 3L, D]
         timestep = (sigma * 1000).repeat_interleave(TOY.chunk_frames * tokens, dim=1)  # [B, S]
         v = model(hidden_states=xt.permute(0, 2, 1, 3, 4), timestep=timestep, encoder_hidden_states=context,
                   return_dict=False)[0].permute(0, 2, 1, 3, 4)
@@ -187,7 +195,7 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
             save_checkpoint(out_dir / f"step{step:06d}.safetensors", model, words, params, ema, dict(
                 steps=step, batch=batch, seed=seed, lr=lr, warmup=warmup, ema_decay=ema_decay,
                 minutes=round(before.get("minutes", 0) + (time.perf_counter() - start) / 60, 1),
-                loss=float(np.mean(losses[-50:])), cooldown=cooldown, resumed_at=before.get("resumed_at", []) + ([first] if resume else []),
+                loss=float(np.mean(losses[-50:])), cooldown=cooldown, memory_share=memory_share, resumed_at=before.get("resumed_at", []) + ([first] if resume else []),
                 machine=f"{platform.machine()} {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}, device {device}",
                 torch=torch.__version__, config=TOY.transformer, text_len=TOY.text_len))
     return out_dir / f"step{steps:06d}.safetensors"

@@ -27,6 +27,8 @@ class Thing:
     vx: float
     vy: float
     r: float  # half the bounding-box side
+    visible: bool = True  # an object that left the scene keeps moving, unseen and uncaptioned
+    said: bool = True  # the caption names its colour ("a red circle"), or only its shape ("a circle")
 
 
 @dataclass
@@ -36,16 +38,21 @@ class World:
     things: list[Thing]
     occluder: tuple[int, int] | None = None  # x range of a static grey bar
     changes: dict = field(default_factory=dict)  # frame -> (thing index, new colour)
+    background_said: bool = True  # "on a green background", or "on a background"
 
     def caption(self) -> str:
-        names = [f"a {t.colour} {t.shape}" for t in self.things]
+        """What the scene's caption says: the visible objects (colours where said), the background."""
+        names = [f"a {t.colour} {t.shape}" if t.said else f"a {t.shape}" for t in self.things if t.visible]
+        ground = f"a {self.background} background" if self.background_said else "a background"
+        if not names:
+            return ground
         subject = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         verb = "bounces" if len(names) == 1 else "bounce"
-        return f"{subject} {verb} on a {self.background} background"
+        return f"{subject} {verb} on {ground}"
 
     def state(self) -> dict:
         return {"background": self.background,
-                "objects": [dict(shape=t.shape, colour=t.colour, x=t.x, y=t.y, r=t.r) for t in self.things]}
+                "objects": [dict(shape=t.shape, colour=t.colour, x=t.x, y=t.y, r=t.r) for t in self.things if t.visible]}
 
     def step(self) -> None:
         """Constant velocity, elastic bounces off the walls."""
@@ -63,6 +70,8 @@ class World:
         img[:] = PALETTE[self.background]
         yy, xx = np.mgrid[0 : self.size, 0 : self.size] + 0.5
         for t in self.things:
+            if not t.visible:
+                continue
             dx, dy = xx - t.x, yy - t.y
             if t.shape == "circle":
                 mask = dx**2 + dy**2 <= t.r**2

@@ -1,0 +1,129 @@
+"""The toy world's memory suite: scenes whose captions leave colours unsaid, objects that leave and return,
+and a benchmark that only a video that remembers can pass (checked on the world's own frames, a forgetful
+video and a memoryless one)."""
+
+import numpy as np
+import pytest
+
+from headforcing.cli import main
+from headforcing.models.specs import TOY
+from headforcing.toyworld.eval import CHANCE, measure_memory, memory_summary, run_memory
+from headforcing.toyworld.memory import GAPS, KEEPER, LATE, RETURNER, MemoryScene, apply, script, training_clip
+from headforcing.toyworld.train import make_batch
+from headforcing.models.toy import build_word_encoder
+from headforcing.toyworld.world import PALETTE, decode_state
+
+
+def test_script_covers_every_absence_at_300_s_and_the_short_ones_at_60_s():
+    returns = [(i, t) for t, i, a in script(300) if a == "return"]
+    assert len(returns) == 8
+    scene = MemoryScene.for_seed(0, 300)
+    assert sorted(e["gap"] for e in scene.returns()) == sorted(GAPS * 2)
+    assert {e["gap"] for e in MemoryScene.for_seed(0, 60).returns()} == {5.0, 15.0}
+    assert all(f % TOY.chunk_frames == 0 for f, _, _ in scene.events)  # prompt switches fall on chunk starts
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_absent_objects_are_never_drawn_and_return_with_the_colour_they_left_with(seed):
+    scene = MemoryScene.for_seed(seed, 60)
+    frames = list(scene.frames(240))
+    colours = [{o["colour"] for o in decode_state(f)["objects"]} for f in frames]
+    things = scene.world.things
+    events = {(i, a): f for f, i, a in scene.events}
+    late_colour, returner_colour = things[LATE].colour, things[RETURNER].colour
+    assert all(late_colour not in c for c in colours[: events[(LATE, "enter")]])  # not there before it enters
+    present = lambda colour, part: np.mean([colour in c for c in part]) > 0.7  # noqa: E731 (objects may overlap)
+    assert present(late_colour, colours[events[(LATE, "enter")] : events[(LATE, "leave")]])
+    for e in scene.returns():
+        who = returner_colour if e["who"] == "from_start" else late_colour
+        assert e["colour"] == who
+        assert all(who not in c for c in colours[e["leave"] : e["back"]])  # gone while away
+        assert present(who, colours[e["back"] : e["back"] + 8])  # back, in the colour it left with
+    assert present(things[KEEPER].colour, colours)
+
+
+def test_captions_leave_the_colours_unsaid():
+    cues = MemoryScene.for_seed(4, 60).cues()
+    world = MemoryScene.for_seed(4, 60).world
+    named = [{w for w in text.split() if w in PALETTE} for _, text in cues]
+    assert world.background not in set().union(*named) and world.things[KEEPER].colour not in set().union(*named)
+    assert world.things[RETURNER].colour in named[0]  # said at the start only
+    assert all(world.things[RETURNER].colour not in n for n in named[1:])
+    assert all(f"a {world.things[RETURNER].shape}" in text for f, text in cues if f in {e["back"] for e in
+               MemoryScene.for_seed(4, 60).returns() if e["who"] == "from_start"})
+
+
+def test_the_worlds_own_frames_score_perfectly():
+    runs = [run_memory(None, "truth", [300], seed)[0][300] for seed in (0, 1)]
+    summary = memory_summary(runs)
+    assert summary["identity_persistence"]["background"]["mean"] == 1.0
+    assert summary["identity_persistence"]["object_colour"]["mean"] == 1.0
+    for gap in GAPS:
+        for who in ("from_start", "late"):
+            entry = summary["recall"][f"{gap:g}"][who]
+            assert entry == dict(recall=1.0, scored=2, events=2, true_colour=1.0)
+    assert summary["captioned"]["mean"] == 1.0 and summary["chance"] == CHANCE
+
+
+def frames_with_returns_recoloured(scene: MemoryScene, n: int, rng, who=RETURNER, random_colours=False):
+    """The scene's frames, but the object `who` comes back in another colour (a video that forgot it)."""
+    world, pending = scene.copy_world(), list(scene.events)
+    keeper = world.things[KEEPER].colour
+    for f in range(n):
+        while pending and pending[0][0] == f:
+            _, index, action = pending.pop(0)
+            apply(world, index, action)
+            if index == who and action == "return":
+                taken = {world.background, keeper} | {t.colour for t in world.things if t.visible and t is not world.things[who]}
+                free = sorted(c for c in PALETTE if c not in taken)
+                old = world.things[who].colour
+                world.things[who].colour = str(rng.choice(free)) if random_colours else next(c for c in free if c != old)
+        yield world.render()
+        world.step()
+
+
+def test_a_forgetful_video_misses_every_return_it_recoloured():
+    scene = MemoryScene.for_seed(3, 300)
+    n = 300 * TOY.fps
+    result, _ = measure_memory(frames_with_returns_recoloured(scene, n, np.random.default_rng(0)), scene, scene.cues())
+    by_who = {who: [r["hit"] for r in result["recalls"] if r["who"] == who] for who in ("from_start", "late")}
+    assert by_who["from_start"] == [False] * 4 and by_who["late"] == [True] * 4
+
+
+def test_a_memoryless_video_scores_near_chance():
+    """Returning objects in a random free colour (what a cache that kept nothing of them would give at best):
+    recall near the chance level the report prints."""
+    rng = np.random.default_rng(1)
+    hits = []
+    for seed in range(40):
+        scene = MemoryScene.for_seed(seed, 60)
+        result, _ = measure_memory(frames_with_returns_recoloured(scene, 240, rng, random_colours=True), scene, scene.cues())
+        hits += [r["hit"] for r in result["recalls"] if r["who"] == "from_start" and r["hit"] is not None]
+    assert len(hits) == 80
+    assert abs(np.mean(hits) - CHANCE) < 0.1
+
+
+def test_training_clips_hold_memory_cases_inside_the_window():
+    rng = np.random.default_rng(7)
+    cases = [training_clip(rng, 21, 32) for _ in range(40)]
+    returns = [(clip, cues) for clip, cues in cases if len(cues) == 3]
+    assert 10 <= len(returns) <= 30
+    for clip, cues in returns:
+        (_, first), (leave, gone), (back, again) = cues
+        assert leave % 3 == 0 and back % 3 == 0 and 0 < leave < back < 21
+        assert len(gone.split()) < len(first.split()) and len(again.split()) >= len(gone.split())
+    words = build_word_encoder()
+    _, _, (ids, lengths), mask = make_batch(11, 8, 0, words, 32, memory_share=1.0)
+    assert ids.shape == (24, words.text_len)
+    assert (mask[:, 0].sum(-1) == words.text_len).all()  # every token sees exactly one caption
+
+
+def test_memory_suite_cli_on_truth(tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["toyworld", "eval", "--suite", "memory", "--policies", "truth", "--seconds", "60", "--seeds", "2",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| truth | 60 s | 1.00 ± 0.00 / 1.00 ± 0.00 | 1.00 (2) / 1.00 (2) | 1.00 (2) / 1.00 (2) | 1.00 |" in text
+    assert (out / "memory.json").exists() and (out / "memory_frames_60s.png").exists()
+    assert main(["toyworld", "eval", "--suite", "memory", "--change-at", "3", "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
