@@ -109,3 +109,22 @@ def test_steady_chunks_never_wait_for_the_device(policy, monkeypatch):
     counts = session.stats()["episodic"]  # read after: the tallies were kept on the device
     if policy == "headforcing":
         assert counts["replace"] + counts["merge"] > 0
+
+
+def test_generate_compile_flag_makes_the_eager_video(tmp_path, capsys):
+    """`generate --compile`: the summary counts compiled chunks and recompiles, and the (lossless) video equals
+    the eager one within 1 level."""
+    from headforcing.cli import main
+    from headforcing.engine.video import read_clip
+
+    args = ["generate", "--prompt", PROMPTS[0], "--seconds", "8", "--policy", "longlive", "--crf", "0", "--quiet"]
+    assert main(args + ["--out", str(tmp_path / "eager.mp4")]) == 0
+    assert main(args + ["--compile", "--out", str(tmp_path / "compiled.mp4")]) == 0
+    assert "compiled 8 of 11 chunks (0 recompiles)" in capsys.readouterr().out
+    eager, _ = read_clip(str(tmp_path / "eager.mp4"))
+    compiled, _ = read_clip(str(tmp_path / "compiled.mp4"))
+    assert eager.shape == compiled.shape == (33, 32, 32, 3)
+    assert abs(eager.astype(int) - compiled.astype(int)).max() <= 1
+    with pytest.raises(SystemExit) as refused:  # argparse's one line
+        main(args + ["--compile", "fastest", "--out", str(tmp_path / "x.mp4")])
+    assert refused.value.code == 2 and not (tmp_path / "x.mp4").exists()

@@ -46,7 +46,7 @@ def test_captions_leave_the_colours_unsaid():
     cues = MemoryScene.for_seed(4, 60).cues()
     world = MemoryScene.for_seed(4, 60).world
     named = [{w for w in text.split() if w in PALETTE} for _, text in cues]
-    assert world.background not in set().union(*named) and world.things[KEEPER].colour not in set().union(*named)
+    assert all(world.background in n for n in named) and world.things[KEEPER].colour not in set().union(*named)
     assert world.things[RETURNER].colour in named[0]  # said at the start only
     assert all(world.things[RETURNER].colour not in n for n in named[1:])
     assert all(f"a {world.things[RETURNER].shape}" in text for f, text in cues if f in {e["back"] for e in
@@ -127,3 +127,17 @@ def test_memory_suite_cli_on_truth(tmp_path, capsys):
     assert (out / "memory.json").exists() and (out / "memory_frames_60s.png").exists()
     assert main(["toyworld", "eval", "--suite", "memory", "--change-at", "3", "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_a_model_session_follows_the_scenes_captions():
+    """The model's video is made under the scene's captions, each from the frame of its event."""
+    import headforcing
+    from headforcing.toyworld.eval import memory_video
+
+    pipe = headforcing.load("toy")
+    sessions, open_session = [], pipe.session
+    pipe.session = lambda *args, **kwargs: sessions.append(open_session(*args, **kwargs)) or sessions[-1]
+    scene = MemoryScene.for_seed(5, 20)
+    frames, cues = memory_video(pipe, "self-forcing", 20, 5, scene, None, {})
+    assert sum(1 for _ in frames) == 81 and len(cues) == 4
+    assert [(h["frame"], h["prompt"]) for h in sessions[0].history] == cues

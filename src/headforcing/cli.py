@@ -165,6 +165,7 @@ def build_parser() -> Parser:
     te.add_argument("--suite", choices=["default", "memory"], default="default",
                     help="default: drift against the captions; memory: unsaid colours kept, objects that leave and return "
                     "(recall after 5, 15, 30, 60 s)")
+    te.add_argument("--novelty", type=float, help="the episodic memory's novelty threshold (default 0.05), to tune it")
 
     srv = sub.add_parser("serve", help="a live page: the video plays as it is made, prompts change while it plays")
     srv.add_argument("--host", default="127.0.0.1", help="address to bind; any other than this machine's loopback needs a token")
@@ -392,14 +393,20 @@ def run_toyworld(args) -> int:
     unknown = [p for p in policies if p not in PRESETS and p != "truth"]
     if unknown:
         raise UsageError(f"unknown policy {unknown[0]!r}; known: {', '.join(PRESETS)}")
+    if args.suite != "memory" and args.novelty is not None:
+        raise UsageError("--novelty goes with --suite memory")
     if args.suite == "memory":
         from .toyworld.eval import evaluate_memory
 
         if args.change_at is not None:
             raise UsageError("--change-at belongs to the default suite; the memory suite scripts its own scenes")
+        sampling = dict(solver=args.solver, context_noise=args.context_noise, blend_chunks=args.blend_chunks)
+        if args.novelty is not None:
+            from .cache.episodic import EpisodicConfig
+
+            sampling["episodic"] = EpisodicConfig(novelty=args.novelty)
         report = evaluate_memory(policies, parse_durations(args.seconds), args.seeds, args.out, args.heads, args.toy_weights,
-                                 dict(solver=args.solver, context_noise=args.context_noise, blend_chunks=args.blend_chunks),
-                                 args.first_seed)
+                                 sampling, args.first_seed)
         if report is None:
             return 0
         print((Path(args.out) / "memory.md").read_text(), end="")

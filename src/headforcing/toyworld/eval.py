@@ -25,6 +25,7 @@ from ..models.specs import TOY
 from ..engine.pipeline import Pipeline, load
 from ..engine.session import schedule_for
 from ..engine.timeline import Cue, latent_frames_for, schedule
+from ..cache.episodic import EpisodicConfig
 from .memory import GAPS, RETURNER, MemoryScene, identity, recall
 from .world import PALETTE, change_caption, decode_state, generate, make_world, pick_change
 
@@ -131,15 +132,15 @@ def video(pipe: Pipeline | None, policy: str, seconds: float, seed: int, scene: 
         frames, _, _ = generate(seed, n, TOY.size[0], change_at=starts[1] if len(starts) > 1 else None)
         return iter(frames), starts
     session = pipe.session(cues[0].prompt, policy=policy, seed=seed, heads=heads, **sampling)
-    switches = {c["chunk"]: c["prompt"] for c in timeline[1:]}
+    return session_frames(session, n // C, {c["chunk"]: c["prompt"] for c in timeline[1:]}), starts
 
-    def frames():
-        for index in range(n // C):
-            if index in switches:
-                session.set_prompt(switches[index])
-            yield from session.step().frames[0].numpy()
 
-    return frames(), starts
+def session_frames(session, chunks: int, switches: dict[int, str]):
+    """A session's frames one by one over `chunks` chunks, its prompt switched at the chunks given."""
+    for index in range(chunks):
+        if index in switches:
+            session.set_prompt(switches[index])
+        yield from session.step().frames[0].numpy()
 
 
 def run_one(pipe: Pipeline | None, policy: str, seconds: float, seed: int, scene: Scene, heads: str | None = None,
@@ -275,15 +276,7 @@ def memory_video(pipe: Pipeline | None, policy: str, seconds: float, seed: int, 
     if policy == "truth":
         return scene.frames(n), cues
     session = pipe.session(cues[0][1], policy=policy, seed=seed, heads=heads, **sampling)
-    switches = {f // C: text for f, text in cues[1:]}
-
-    def frames():
-        for index in range(n // C):
-            if index in switches:
-                session.set_prompt(switches[index])
-            yield from session.step().frames[0].numpy()
-
-    return frames(), cues
+    return session_frames(session, n // C, {f // C: text for f, text in cues[1:]}), cues
 
 
 def run_memory(pipe, policy: str, durations: list[float], seed: int, heads=None, sampling=None, keep=()) -> tuple[dict, dict]:
@@ -294,11 +287,17 @@ def run_memory(pipe, policy: str, durations: list[float], seed: int, heads=None,
     return measure_memory(frames, scene, cues, keep, durations)
 
 
+def said_colours(caption: str) -> set[str]:
+    """The object colours a caption names (not the background's)."""
+    words = caption.split()
+    return {w for i, w in enumerate(words) if w in PALETTE and words[i + 1 : i + 2] != ["background"]}
+
+
 def measure_memory(frames, scene: MemoryScene, cues: list[tuple[int, str]], keep=(), durations=None) -> tuple[dict, dict]:
     """Per duration (seconds; None: the whole video): identity persistence, every return the video reaches (3 s
     past it), and the captioned check (the colours the caption in force names are on screen); and the frames
     asked to `keep`."""
-    said = {f: {w for w in text.split() if w in PALETTE} for f, text in cues}  # colours each caption names
+    said = {f: said_colours(text) for f, text in cues}
     seen, captioned, kept = [], [], {}
     for f, frame in enumerate(frames):
         decoded = decode_state(frame)
@@ -377,7 +376,8 @@ def evaluate_memory(policies: list[str], durations: list[float], seeds: int, out
             results.append(dict(policy=policy, seconds=seconds, seeds=seeds, first_seed=first_seed, memory=memory_summary(mine)))
     out_dir.mkdir(parents=True, exist_ok=True)
     report = dict(suite="memory", policies=policies, durations=durations, seeds=seeds, first_seed=first_seed,
-                  weights=weights or "shipped", heads=heads, chance=CHANCE, results=results)
+                  weights=weights or "shipped", heads=heads, chance=CHANCE,
+                  novelty=(sampling or {}).get("episodic", EpisodicConfig()).novelty, results=results)
     (out_dir / "memory.json").write_text(json.dumps(report, indent=1))
     (out_dir / "memory.md").write_text(memory_table(results))
     write_strips(strips, out_dir, prefix="memory_frames")

@@ -1,6 +1,6 @@
 """Memory scenes of the toy world: what the caption leaves unsaid, and objects that leave and come back.
 
-A seed's scene has three objects (`make_world(seed, objects=3)`) and a background whose colour is never said:
+A seed's scene has three objects (`make_world(seed, objects=3)`) on a background its caption names:
   - the *keeper* (object 0) is on screen throughout and its colour is never said: the model picks it in the
     first frames and must keep it;
   - the *returner* (object 1) is on screen from the start, its colour said until it first leaves; then it
@@ -53,7 +53,6 @@ class MemoryScene:
     @classmethod
     def for_seed(cls, seed: int, seconds: float) -> "MemoryScene":
         world = make_world(seed, TOY.size[0], objects=3)
-        world.background_said = False
         world.things[KEEPER].said = False
         world.things[LATE].visible = False
         C = TOY.chunk_frames
