@@ -77,3 +77,10 @@ def test_gpu_report_script_runs_every_mode_and_keeps_failures(tmp_path, monkeypa
 def test_gpu_report_refused_without_a_gpu(tmp_path, capsys):
     assert main(["bench", "--gpu-report", str(tmp_path / "r")]) == 2
     assert "has none" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_gpu_report_skips_what_is_past_its_time_budget(tmp_path):
+    from headforcing.tools.bench import gpu_report
+
+    rows = gpu_report(str(tmp_path), "tiny", [5], ["self-forcing", "headforcing"], log=lambda line: None, budget_s=0)
+    assert len(rows) == 6 and all(r["error"] == "TimeoutError: skipped, past the 0 s budget" for r in rows)
