@@ -128,3 +128,13 @@ def test_generate_compile_flag_makes_the_eager_video(tmp_path, capsys):
     with pytest.raises(SystemExit) as refused:  # argparse's one line
         main(args + ["--compile", "fastest", "--out", str(tmp_path / "x.mp4")])
     assert refused.value.code == 2 and not (tmp_path / "x.mp4").exists()
+
+
+def test_compile_flag_on_serve_and_bench():
+    from headforcing.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--compile"]).compile == "default"
+    assert parser.parse_args(["serve", "--compile", "reduce-overhead"]).compile == "reduce-overhead"
+    assert parser.parse_args(["bench", "--compile", "max-autotune"]).compile == "max-autotune"
+    assert parser.parse_args(["serve"]).compile is None
