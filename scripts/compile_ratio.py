@@ -51,7 +51,7 @@ def main():
                     session.step()
                     times[name].append(time.perf_counter() - t)
         eager, comp = statistics.median(times["eager"]), statistics.median(times["compiled"])
-        stats = fast.sampler.compile_stats  # (pipe.compiled is reset for the eager session)
+        stats = fast.stats()["compile"]
         rows.append(dict(policy=policy, eager_ms=eager * 1e3, compiled_ms=comp * 1e3, speedup=eager / comp,
                          warmup_and_compile_s=warmup_s, recompiles=stats["recompiles"], graphs=stats["graphs"],
                          chunks=args.chunks, threads=torch.get_num_threads()))

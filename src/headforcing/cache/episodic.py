@@ -41,7 +41,6 @@ class EpisodicMemory:
         self.frames = torch.zeros(self.slots, dtype=torch.int64, device=device)  # the position-giving frame of each slot
         self.count = torch.zeros(self.slots, dtype=torch.float32, device=device)  # frames merged into each slot
         self.usage = torch.zeros(self.slots, dtype=torch.float32, device=device)
-        self.mass = torch.zeros(self.slots, dtype=torch.float32, device=device)  # the commit pass's mass on each slot
         self.queries = torch.zeros(self.config.usage_queries, dtype=torch.int64, device=device)  # the commit pass's
         self.n_queries = 0  # sampled query tokens (drawn on the host before the forward)
         self.gen = torch.Generator().manual_seed(self.config.seed)
@@ -89,14 +88,11 @@ class EpisodicMemory:
         self.queries[: self.n_queries] = drawn
 
     def measure(self, store, q_rot: torch.Tensor, end: int) -> None:
-        """Inside the commit pass: the sampled queries' attention mass on each held slot (device only)."""
+        """Inside the commit pass (device only): usage moves towards the sampled queries' attention mass on
+        each held slot, before the pass's frames are committed."""
         mass = store.frame_mass(q_rot, end, self.queries[: self.n_queries]).mean((0, 1, 2))  # [frames]
-        self.mass[: self.held] = mass[store.episodic_first : store.episodic_first + self.held]
-
-    def update_usage(self) -> None:
-        """After the commit pass, before its frames are committed: usage moves towards the measured mass."""
-        d = self.config.usage_decay
-        self.usage[: self.held] = d * self.usage[: self.held] + (1 - d) * self.mass[: self.held]
+        d, held = self.config.usage_decay, slice(0, self.held)
+        self.usage[held] = d * self.usage[held] + (1 - d) * mass[store.episodic_first : store.episodic_first + self.held]
 
 
 def read_log(log: list[dict]) -> list[dict]:

@@ -90,7 +90,7 @@ class HeadwiseCache:
         for store in self.stores():
             yield from (t for t in (store.k_raw, store.k_ctx, store.v_ctx, store.k_new, store.v_new, store.chunk_rot) if t is not None)
             if store.memory is not None:
-                yield from (store.memory.mass, store.memory.queries)
+                yield from (store.memory.usage, store.memory.queries)
 
     @property
     def steady(self) -> bool:
@@ -177,4 +177,4 @@ class HeadwiseCache:
 
     def max_position(self) -> int:
         """The largest temporal position used by the current chunk (queries included)."""
-        return max((s.first_frame if s.absolute else s.occupied) + s.chunk_len - 1 for s in self.stores())
+        return max(s.chunk_positions(s.first_frame, s.chunk_len)[-1] for s in self.stores())

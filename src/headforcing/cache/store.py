@@ -90,13 +90,17 @@ class KVStore:
 
     # ---- positions -----------------------------------------------------------------------------------
     def positions(self, first_frame: int, chunk_frames: int) -> tuple[list[int], list[int]]:
-        """(temporal position of each occupied slot, of each frame of the current chunk)."""
+        """(temporal position of each occupied slot, of each frame of the current chunk); reads the episodic
+        slots' positions from the device (for inspection; chunks use `slot_positions` / `chunk_positions`)."""
         slot_pos = self.slot_positions()
         if isinstance(slot_pos, tuple):
             slot_pos = slot_pos[0] + slot_pos[1].tolist()
-        n = self.occupied
-        chunk = range(first_frame, first_frame + chunk_frames) if self.absolute else range(n, n + chunk_frames)
-        return slot_pos, list(chunk)
+        return slot_pos, self.chunk_positions(first_frame, chunk_frames)
+
+    def chunk_positions(self, first_frame: int, chunk_frames: int) -> list[int]:
+        """Temporal positions of the chunk's frames: their indices (absolute), or right after the kept frames."""
+        start = first_frame if self.absolute else self.occupied
+        return list(range(start, start + chunk_frames))
 
     def slot_positions(self) -> list[int] | tuple[list[int], torch.Tensor]:
         """Positions of the occupied slots in slot order: a list, or (sink and recent slots' list, episodic
@@ -119,8 +123,7 @@ class KVStore:
         """Fix this chunk's positions; re-rotate the kept keys (compact) once for the chunk's forwards."""
         self.first_frame, self.chunk_len = first_frame, chunk_frames
         n = self.occupied
-        chunk = range(first_frame, first_frame + chunk_frames) if self.absolute else range(n, n + chunk_frames)
-        self.chunk_rot[: chunk_frames * self.T] = freqs_of(list(chunk))  # [C*T, D/2, 2]
+        self.chunk_rot[: chunk_frames * self.T] = freqs_of(self.chunk_positions(first_frame, chunk_frames))  # [C*T, D/2, 2]
         if not self.absolute and n:
             slot_pos = self.slot_positions()
             if isinstance(slot_pos, tuple):  # [sink | recent] from the host, [episodic] from the device
@@ -163,8 +166,6 @@ class KVStore:
     def commit_chunk(self) -> None:
         """After a commit pass: file the staged chunk's frames into their slots (host bookkeeping and the
         episodic memory's decisions, outside the forward)."""
-        if self.memory is not None and self.memory.held:
-            self.memory.update_usage()
         tail = self.occupied  # the chunk sat right after the occupied slots during the forward
         for i in range(self.chunk_len):
             t, at = self._tokens(i), self._tokens(tail + i)

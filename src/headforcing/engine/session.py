@@ -265,7 +265,7 @@ class Session:
             seconds=self.video_frames() / self.spec.fps, cache_bytes=self.cache.nbytes(), prompt=self.prompt,
             prompt_switches=len(self.history) - 1, profiling=self.profiling, episodic=dict(self.episodic_counts),
             policy=self.options.policy,
-            compile=dict(mode=self.pipe.compiled.mode, **self.sampler.compile_stats) if self.pipe.compiled else None,
+            compile=dict(mode=self.sampler.compiled.mode, **self.sampler.compile_stats) if self.sampler.compiled else None,
         )
 
     def save(self, path: str, run: dict | None = None) -> None:
