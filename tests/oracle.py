@@ -21,12 +21,24 @@ def rope_angles(head_dim: int, t: int, h: int, w: int, theta: float = 10000.0) -
     return torch.cat(parts)
 
 
-def rope_frame(x: torch.Tensor, position: int, grid: tuple[int, int]) -> torch.Tensor:
-    """Rotate one frame's tokens x [T, D] (float64) to a temporal position."""
+def rope_frame(x: torch.Tensor, position: int, grid: tuple[int, int], pooled: bool = False) -> torch.Tensor:
+    """Rotate one frame's tokens x [T, D] (float64) to a temporal position (pooled: a frame pooled 2x2,
+    [T/4, D], each token at the centre of its 2x2 block)."""
     head_dim = x.shape[-1]
-    angles = torch.stack([rope_angles(head_dim, position, r, c) for r in range(grid[0]) for c in range(grid[1])])
+    if pooled:
+        coords = [(2 * r + 0.5, 2 * c + 0.5) for r in range(grid[0] // 2) for c in range(grid[1] // 2)]
+    else:
+        coords = [(r, c) for r in range(grid[0]) for c in range(grid[1])]
+    angles = torch.stack([rope_angles(head_dim, position, r, c) for r, c in coords])
     pairs = torch.view_as_complex(x.reshape(x.shape[0], -1, 2).contiguous())
     return torch.view_as_real(pairs * torch.polar(torch.ones_like(angles), angles)).flatten(-2)
+
+
+def pool(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Tokens [B, T, D] of a row-major grid -> each 2x2 block's mean [B, T/4, D], block by block."""
+    h, w = grid
+    blocks = [[r * w + c for r in (2 * i, 2 * i + 1) for c in (2 * j, 2 * j + 1)] for i in range(h // 2) for j in range(w // 2)]
+    return torch.stack([x[:, b].mean(1) for b in blocks], dim=1)
 
 
 def kept_frames(role, chunk_start: int) -> list[int]:
@@ -59,6 +71,9 @@ class OracleCache:
         self.values = [dict() for _ in self.headmap.roles]
         # layer -> head -> episodic slot -> [frame, keys [B, T, D], values [B, T, D]]
         self.episodic = [[dict() for _ in layer] for layer in self.headmap.roles]
+        # layer -> head -> the coarse level's pooled frames, oldest given up first: [frame, keys [B, T/4, D], values]
+        self.pooled = [[[] for _ in layer] for layer in self.headmap.roles]
+        self.replaced = [[0 for _ in layer] for layer in self.headmap.roles]  # frames given to the coarse level
 
     def begin_chunk(self, first_frame, chunk_frames):
         self.first_frame = first_frame
@@ -86,16 +101,30 @@ class OracleCache:
             self.committing = False
 
     def view(self, layer: int, head: int) -> tuple[list, list[int]]:
-        """([(frame, keys [B, T, D], values [B, T, D], position)] a head sees, the chunk's positions)."""
+        """([(frame, keys [B, T, D], values [B, T, D], tokens a key stands for, position)] a head sees, the
+        chunk's positions)."""
         role = self.policy.roles[self.headmap.roles[layer][head]]
-        entries = [(f, self.keys[layer][f][:, head], self.values[layer][f][:, head]) for f in kept_frames(role, self.first_frame)]
-        entries += [tuple(e) for e in self.episodic[layer][head].values()]
-        entries.sort(key=lambda e: e[0])
+        # (frame, keys, values, tokens each key stands for, group: 0 sink, 1 episodic or coarse, 2 recent)
+        entries = [(f, self.keys[layer][f][:, head], self.values[layer][f][:, head], 1.0, 0 if role.sink is None or f < role.sink else 2)
+                   for f in kept_frames(role, self.first_frame)]
+        episodic = self.episodic[layer][head]
+        entries += [tuple(e) + (1.0, 1) for e in episodic.values()]
+        if role.coarse and len(episodic) == role.episodic:
+            # the coarse level, seen once the episodic slots are full: a slot of 4 pooled frames is one position,
+            # its oldest pooled frame's; empty slots come after every episodic frame; a pooled token counts 4x
+            ring = self.pooled[layer][head]
+            for c in range(role.coarse):
+                held = ring[4 * c : 4 * c + 4]
+                frame = min((e[0] for e in held), default=math.inf)
+                keys = torch.cat([e[1] for e in held], dim=1) if held else None
+                values = torch.cat([e[2] for e in held], dim=1) if held else None
+                entries.append((frame, keys, values, 4.0, 1))
+        entries.sort(key=lambda e: (e[4], e[0]))  # sink, then episodic and coarse, then recent; in time
         chunk = list(range(self.first_frame, self.first_frame + self.chunk_frames))
         if role.positions == "absolute":
-            return [e + (e[0],) for e in entries], chunk
+            return [e[:4] + (e[0],) for e in entries], chunk
         n = len(entries)
-        return [e + (rank,) for rank, e in enumerate(entries)], list(range(n, n + self.chunk_frames))
+        return [e[:4] + (rank,) for rank, e in enumerate(entries)], list(range(n, n + self.chunk_frames))
 
     def replay_decisions(self, layer: int) -> None:
         chunk = self.first_frame // self.chunk_frames
@@ -105,6 +134,15 @@ class OracleCache:
             for h in self.headmap.heads_of(layer, d["role"]):
                 k, v = self.keys[layer][d["frame"]][:, h], self.values[layer][d["frame"]][:, h]
                 slots = self.episodic[layer][h]
+                role = self.policy.roles[d["role"]]
+                if d["action"] == "replace" and role.coarse:  # the replaced frame, pooled, to the coarse ring
+                    ring, (frame, k_old, v_old) = self.pooled[layer][h], slots[d["slot"]]
+                    given = [frame, pool(k_old, self.grid), pool(v_old, self.grid)]
+                    if len(ring) < 4 * role.coarse:
+                        ring.append(given)
+                    else:
+                        ring[self.replaced[layer][h] % len(ring)] = given
+                    self.replaced[layer][h] += 1
                 if d["action"] in ("admit", "replace"):
                     slots[d["slot"]] = [d["frame"], k, v]
                 else:  # merge: count-weighted average, the slot keeps its frame
@@ -131,20 +169,24 @@ class OracleProcessor:
         for b in range(batch):
             for h in range(heads):
                 entries, chunk_pos = o.view(self.layer, h)
-                ks, vs = [], []
-                for _, keys, values, p in entries:
-                    ks.append(rope_frame(keys[b], p, o.grid))
+                ks, vs, counts = [], [], []
+                for _, keys, values, stands_for, p in entries:
+                    if keys is None:  # an empty coarse slot: a position, no tokens
+                        continue
+                    ks.append(rope_frame(keys[b], p, o.grid, pooled=stands_for > 1))
                     vs.append(values[b])
+                    counts.append(torch.full((keys.shape[1],), stands_for, dtype=torch.float64))
                 qs = []
                 for i, p in enumerate(chunk_pos):
                     ks.append(rope_frame(k[b, i * T : (i + 1) * T, h], p, o.grid))
                     vs.append(v[b, i * T : (i + 1) * T, h])
                     qs.append(rope_frame(q[b, i * T : (i + 1) * T, h], p, o.grid))
+                    counts.append(torch.ones(T, dtype=torch.float64))
                 K, V, Q = torch.cat(ks), torch.cat(vs), torch.cat(qs)
-                weights = torch.softmax(Q @ K.T / math.sqrt(head_dim), dim=-1)
+                weights = torch.softmax(Q @ K.T / math.sqrt(head_dim) + torch.cat(counts).log(), dim=-1)
                 out[b, :, h] = weights @ V
                 if o.attention_log is not None:
-                    key_frames = [e[0] for e in entries] + list(range(o.first_frame, o.first_frame + o.chunk_frames))
+                    key_frames = [e[0] for e in entries if e[1] is not None] + list(range(o.first_frame, o.first_frame + o.chunk_frames))
                     o.attention_log.append(dict(layer=self.layer, head=h, first=o.first_frame, commit=o.committing,
                                                 key_frames=key_frames, weights=weights))
         if o.committing:

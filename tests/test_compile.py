@@ -31,7 +31,8 @@ def run(policy, chunks, backend=None, model="toy", switches=None, blend=0, **opt
 def test_no_recompiles_over_200_chunks(policy):
     """Dynamo traces the whole DiT with the head-wise processors (fullgraph=True raises on any graph break):
     one graph for the denoising steps, one for the commit pass, reused for every chunk after the warm-up,
-    across prompt switches (one blended) and, for headforcing, the episodic memory's replacements and merges.
+    across prompt switches (one blended) and, for headforcing, the episodic memory's replacements and merges
+    (headforcing-coarse: and frames pooled into the coarse level).
     The "eager" backend traces and guards exactly as inductor does, without generating code."""
     switches = {60: 1, 120: 2, 170: 0}
     _, session = run(policy, 200, backend="eager", switches=switches, blend=3 if policy == "longlive" else 0, decode=False)
@@ -39,9 +40,11 @@ def test_no_recompiles_over_200_chunks(policy):
     assert session.stats()["compile"] == dict(mode="default", eager_chunks=warmup, compiled_chunks=200 - warmup,
                                               graphs=session.stats()["compile"]["graphs"], recompiles=0)
     assert session.stats()["compile"]["graphs"] <= 2  # 0 when an earlier test already compiled these shapes
-    if policy == "headforcing":
+    if policy.startswith("headforcing"):
         counts = session.stats()["episodic"]
         assert counts["replace"] > 0 and counts["merge"] > 0, counts
+    if policy == "headforcing-coarse":  # replaced frames reached the coarse level while compiled
+        assert all((s.memory.pooled_frames < 2**62).sum() > 0 for s in session.cache.stores() if s.n_coarse)
 
 
 def test_graphs_are_counted():

@@ -18,7 +18,8 @@ def test_cache_bytes_after_10_chunks_equal_after_100(name):
         for s in c.stores():
             assert s.occupied <= s.capacity
 
-    run_chunks(cache, 100, latent_hw=(2, 2), on_chunk=on_chunk)
+    coarse = any(r.coarse for r in policy.roles.values())  # pools 2x2 tokens: needs a 2x2 token grid, 4x4 latents
+    run_chunks(cache, 100, latent_hw=(4, 4) if coarse else (2, 2), on_chunk=on_chunk)
     assert record[10][0] == record[100][0] > 0
     # after 10 chunks (30 frames) every window is full: the frame counts stop growing too
     assert record[10][1] == record[100][1]

@@ -106,11 +106,13 @@ def test_a_memoryless_video_scores_near_chance():
 def test_training_clips_hold_memory_cases_inside_the_window():
     rng = np.random.default_rng(7)
     cases = [training_clip(rng, 21, 32) for _ in range(40)]
-    returns = [(clip, cues) for clip, cues in cases if len(cues) == 3]
+    returns = [(clip, cues, focus) for clip, cues, focus in cases if len(cues) == 3]
     assert 10 <= len(returns) <= 30
-    for clip, cues in returns:
+    assert all(focus == 1 for _, cues, focus in cases if len(cues) == 1)
+    for clip, cues, focus in returns:
         (_, first), (leave, gone), (back, again) = cues
         assert leave % 3 == 0 and back % 3 == 0 and 0 < leave < back < 21
+        assert focus * 3 == back  # copying is needed where the object returns
         assert len(gone.split()) < len(first.split()) and len(again.split()) >= len(gone.split())
     words = build_word_encoder()
     _, _, (ids, lengths), mask = make_batch(11, 8, 0, words, 32, memory_share=1.0)
@@ -141,3 +143,24 @@ def test_a_model_session_follows_the_scenes_captions():
     frames, cues = memory_video(pipe, "self-forcing", 20, 5, scene, None, {})
     assert sum(1 for _ in frames) == 81 and len(cues) == 4
     assert [(h["frame"], h["prompt"]) for h in sessions[0].history] == cues
+
+
+def test_tuning_takes_each_knob_to_its_best_value_in_one_pass():
+    """Coordinate search on a known score: maximised in one pass, each settings scored once; a knob's best is
+    judged with the earlier knobs already at theirs; a tie keeps the value the knob had."""
+    from headforcing.toyworld.tune import coordinate_search
+
+    knobs = {"a": (0, 1, 2), "b": ("x", "y"), "c": (5, 6)}
+    calls = []
+
+    def score(s):
+        calls.append(s)
+        return -abs(s["a"] - 2) + (s["b"] == "y") + (s["a"] == 2 and s["c"] == 6)  # c only pays once a is 2
+
+    best, trials = coordinate_search(score, knobs, dict(a=0, b="x", c=5))
+    assert best == dict(a=2, b="y", c=6)
+    assert len(calls) == len(trials) == len({tuple(sorted(c.items())) for c in calls}) == 3 + 1 + 1
+    best, _ = coordinate_search(lambda s: 0.0, knobs, dict(a=1, b="y", c=6))
+    assert best == dict(a=1, b="y", c=6)  # all equal: nothing changes
+    best, _ = coordinate_search(lambda s: float(s["a"] != 1), knobs, dict(a=1, b="y", c=6))
+    assert best == dict(a=0, b="y", c=6)  # 0 and 2 tie above the start: the first of them

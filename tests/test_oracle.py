@@ -83,3 +83,22 @@ def test_prompt_switch_keep_and_recache_match_oracle(name):
         kept = Policy(name, {r: replace(p, on_switch="keep") for r, p in policy.roles.items()})
         no_recache = run_chunks(engine_cache(kept, headmap, 3 * CHUNKS), CHUNKS, switch_at=6)
         assert (engine - no_recache).abs().max() > 1e-3
+
+
+def test_coarse_level_matches_oracle_through_ring_wraps():
+    """Novelty 0: every frame leaving the memory heads' `recent` replaces an episodic slot, and the frame it
+    replaces goes, pooled 2x2, to the coarse level; 16 chunks give up more frames than the 8 it holds, so the
+    ring wraps. The oracle pools, numbers and weighs (log 4) the pooled frames on its own."""
+    from headforcing.cache.episodic import EpisodicConfig
+    from headforcing.cache.policy import Episodic, RolePolicy, Sink, Recent
+
+    policy, chunks = preset("headforcing-coarse"), 16
+    headmap = mixed_headmap()
+    engine, oracle, log = run_both(policy, headmap, chunks, episodic=EpisodicConfig(novelty=0.0))
+    replaced = [d for d in log if d["action"] == "replace" and d["layer"] == 0]
+    assert len(replaced) > 8 * len(headmap.heads_of(0, "memory")) // 2 and len({d["frame"] for d in replaced}) > 8
+    assert (engine - oracle).abs().max().item() < 1e-4
+    # what the coarse level holds reaches the video: without it (same episodic slots) the oracle is elsewhere
+    plain = Policy("no-coarse", {**policy.roles, "memory": RolePolicy((Sink(3), Episodic(4), Recent(9)), on_switch="recache")})
+    without = run_chunks(OracleCache(plain, headmap, decisions=log), chunks, dtype=torch.float64)
+    assert (without - oracle).abs().max().item() > 1e-3

@@ -149,6 +149,8 @@ def build_parser() -> Parser:
     tr.add_argument("--cooldown", type=int, default=0, help="let the learning rate fall linearly to 0 over the last N steps")
     tr.add_argument("--memory-share", type=float, default=0.0, help="share of clips that are memory cases (unsaid colours, "
                     "objects leaving and returning inside the window), 0..1")
+    tr.add_argument("--trainable", choices=("all", "text"), default="all",
+                    help="what training changes: every weight, or only what reads the caption (word encoder, text projection, cross-attention)")
     te = toy_sub.add_parser("eval", help="generate far past the window per policy; decode the world state; compare with the captions")
     te.add_argument("--out", required=True, help="folder for toyworld.json, toyworld.md, curves and frames")
     te.add_argument("--policies", default="self-forcing,longlive,infinity-rope,headforcing",
@@ -156,7 +158,7 @@ def build_parser() -> Parser:
     te.add_argument("--seconds", default="60,300", help="durations, comma-separated")
     te.add_argument("--seeds", type=int, default=8)
     te.add_argument("--first-seed", type=int, default=0, help="seeds FIRST .. FIRST+SEEDS-1 (default 0)")
-    te.add_argument("--heads", help="HeadMap JSON for headforcing (from `headforcing profile --model toy`)")
+    te.add_argument("--heads", help="HeadMap JSON for headforcing and headforcing-coarse (from `headforcing profile --model toy`)")
     te.add_argument("--change-at", type=float, help="switch each seed's prompt to a changed scene at this second")
     te.add_argument("--toy-weights", help="a checkpoint from `toyworld train` (default: the shipped one)")
     te.add_argument("--solver", choices=["euler", "renoise"], help="override the model's solver (to compare them)")
@@ -383,7 +385,7 @@ def run_toyworld(args) -> int:
             raise UsageError(f"--steps {args.steps} is not past the {done} steps of --resume {args.resume}")
         last = train(args.out, args.steps, args.batch, args.seed, args.lr, save_every=args.save_every,
                      log=lambda m: print(m, flush=True), device=args.device, resume=args.resume,
-                     cooldown=args.cooldown, memory_share=args.memory_share)
+                     cooldown=args.cooldown, memory_share=args.memory_share, trainable=args.trainable)
         print(f"wrote {last}; use it with --toy-weights {last}")
         return 0
     from .cache.policy import PRESETS

@@ -7,6 +7,9 @@ with the slots: novelty = 1 - max cosine (averaged over the group's heads).
     attention mass that sampled queries of each commit pass give the slot;
   - redundant: it is merged into the most similar slot, a count-weighted average of keys and values
     (the slot keeps the position of its first frame).
+With a coarse level (a Coarse segment), a replaced slot is not lost: its frame, pooled 2x2 in space, goes
+to the coarse level's next pooled frame (a ring, oldest out first), where it stays until 4 x coarse slots
+later replacements; merges leave the coarse level as it is.
 Admission is decided on the host (slots fill in a fixed order); replace-or-merge is decided on the device:
 the slot's frame, count and usage are device tensors and both outcomes are one blend
 dst := (1 - w) dst + w src (w = 1 replaces), so a steady-state chunk never waits for the device.
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 ACTIONS = ("admit", "merge", "replace")  # codes 0, 1, 2 of the tallies and the log
+EMPTY = 2**62  # the frame of a pooled frame not yet held: after every real one
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,8 @@ class EpisodicMemory:
         self.log = log if log is not None else []
         self.reset()
 
-    def reset(self, device=None) -> None:
+    def reset(self, device=None, pooled: int = 0) -> None:
+        """`pooled`: the coarse level's pooled frames (4 a coarse slot; 0: no coarse level)."""
         self.held = 0  # occupied slots (a prefix; they fill in order, so this is known on the host)
         self.frames = torch.zeros(self.slots, dtype=torch.int64, device=device)  # the position-giving frame of each slot
         self.count = torch.zeros(self.slots, dtype=torch.float32, device=device)  # frames merged into each slot
@@ -45,6 +50,8 @@ class EpisodicMemory:
         self.n_queries = 0  # sampled query tokens (drawn on the host before the forward)
         self.gen = torch.Generator().manual_seed(self.config.seed)
         self.tally = torch.zeros(len(ACTIONS), dtype=torch.int64, device=device)  # decisions by action (a cache shares one)
+        self.pooled_frames = torch.full((pooled,), EMPTY, dtype=torch.int64, device=device)  # frame of each pooled frame
+        self.pooled_next = torch.zeros(1, dtype=torch.int64, device=device)  # the ring's next pooled frame
 
     def _record(self, store, frame: int, action, slot, novelty, count) -> None:
         self.tally.index_add_(0, torch.as_tensor(action, device=self.tally.device).view(1), torch.ones_like(self.tally[:1]))
@@ -75,11 +82,27 @@ class EpisodicMemory:
         novel = novelty >= self.config.novelty
         slot = torch.where(novel, self.usage.argmin(), sims.argmax()).view(1)  # [1], on the device
         count = torch.where(novel, 1.0, self.count.index_select(0, slot) + 1.0)  # [1]
+        if len(self.pooled_frames):
+            self._give_up(store, first + slot, self.frames.index_select(0, slot), novel)
         store.blend_slot(src, first + slot, 1.0 / count)  # weight 1: replaced; 1/count: merged
         self.usage.index_copy_(0, slot, torch.where(novel, self.usage.mean(), self.usage.index_select(0, slot)))
         self.frames.index_copy_(0, slot, torch.where(novel, frame, self.frames.index_select(0, slot)))
         self.count.index_copy_(0, slot, count)
         self._record(store, frame, torch.where(novel, 2, 1), slot, novelty, count)
+
+    def _give_up(self, store, slot: torch.Tensor, frame: torch.Tensor, novel: torch.Tensor) -> None:
+        """Before a replacement: the slot's frame, pooled, into the coarse level's next pooled frame (nothing
+        changes when the frame is merged instead: `novel` false). All on the device."""
+        k, v = store.pool_slot(slot)
+        at = self.pooled_next
+        store.write_pooled(at, ~novel, k, v)
+        self.pooled_frames.index_copy_(0, at, torch.where(novel, frame, self.pooled_frames.index_select(0, at)))
+        self.pooled_next.copy_((at + novel.long()) % len(self.pooled_frames))
+        store.mark_pooled(self.pooled_frames != EMPTY)
+
+    def coarse_slot_frames(self) -> torch.Tensor:
+        """The frame giving each coarse slot its position: its oldest pooled frame (EMPTY while none): [coarse]."""
+        return self.pooled_frames.view(-1, 4).min(1).values
 
     def draw_queries(self, tokens: int) -> None:
         """Before a commit pass of `tokens` query tokens: the ones whose attention measures slot usage."""

@@ -80,7 +80,7 @@ class HeadwiseCache:
         self.episodic_log.clear()
         self.tally = torch.zeros(len(ACTIONS), dtype=torch.int64, device=device)  # decisions by action, all layers
         for store in self.stores():
-            store.allocate(batch, self.rope.tokens_per_frame, self.head_dim, dtype, device)
+            store.allocate(batch, self.rope.tokens_per_frame, self.head_dim, dtype, device, grid_hw)
             store.head_index = torch.tensor(store.heads, device=device)
             if store.memory is not None:
                 store.memory.tally = self.tally
@@ -88,7 +88,7 @@ class HeadwiseCache:
     def buffers(self):
         """Every preallocated tensor the forwards read or write in place."""
         for store in self.stores():
-            yield from (t for t in (store.k_raw, store.k_ctx, store.v_ctx, store.k_new, store.v_new, store.chunk_rot) if t is not None)
+            yield from (t for t in (store.k_raw, store.k_ctx, store.v_ctx, store.k_new, store.v_new, store.chunk_rot, store.bias) if t is not None)
             if store.memory is not None:
                 yield from (store.memory.usage, store.memory.queries)
 

@@ -1,8 +1,10 @@
 """Cache policies as data: for each role, which latent frames its heads keep, and how they are numbered.
 
-A role keeps up to three segments (the current chunk is always appended):
+A role keeps up to four segments (the current chunk is always appended):
   Sink(n)        the first n frames of the video, kept forever (n=None: every frame, the `full` preset);
   Episodic(k)    k slots chosen among frames that left `recent` (the episodic memory decides);
+  Coarse(m)      the episodic memory's coarse level: m slots, each holding 4 frames pooled 2x2 in space, filled
+                 with what the episodic slots give up when a novel frame replaces one (oldest out first);
   Recent(n)      the last n committed frames.
 Positions: `absolute` rotates every frame at its frame index (Self-Forcing); `compact` numbers a role's
 retained frames 0..n-1 in time order and the chunk n..n+C-1, so distances stay inside the trained window.
@@ -35,6 +37,11 @@ class Episodic:
 
 
 @dataclass(frozen=True)
+class Coarse:
+    slots: int
+
+
+@dataclass(frozen=True)
 class Recent:
     frames: int
 
@@ -51,19 +58,21 @@ class RolePolicy:
         if self.positions not in POSITION_SCHEMES:
             raise UsageError(f"unknown position scheme {self.positions!r}; known: {', '.join(POSITION_SCHEMES)}")
         kinds = [type(s) for s in self.segments]
-        if len(set(kinds)) != len(kinds) or not all(k in (Sink, Episodic, Recent) for k in kinds):
-            raise UsageError(f"a role keeps at most one Sink, one Episodic and one Recent segment, got {self.segments}")
-        sizes = [s.slots if isinstance(s, Episodic) else s.frames for s in self.segments]
+        if len(set(kinds)) != len(kinds) or not all(k in (Sink, Episodic, Coarse, Recent) for k in kinds):
+            raise UsageError(f"a role keeps at most one Sink, one Episodic, one Coarse and one Recent segment, got {self.segments}")
+        sizes = [s.slots if isinstance(s, (Episodic, Coarse)) else s.frames for s in self.segments]
         if any(n is not None and n < 0 for n in sizes):
             raise UsageError(f"segment sizes must be >= 0, got {self.segments}")
         if self.episodic and self.positions != "compact":
             raise UsageError("an Episodic segment needs compact positions (merged frames have no single absolute one)")
         if self.episodic and not self.recent:
             raise UsageError("an Episodic segment needs a Recent one: episodic frames are those leaving `recent`")
+        if self.coarse and not self.episodic:
+            raise UsageError("a Coarse segment needs an Episodic one: it keeps what the episodic slots give up")
 
     def _size(self, kind) -> int | None:
         seg = next((s for s in self.segments if isinstance(s, kind)), None)
-        return 0 if seg is None else (seg.slots if kind is Episodic else seg.frames)
+        return 0 if seg is None else (seg.slots if kind in (Episodic, Coarse) else seg.frames)
 
     @property
     def sink(self) -> int | None:
@@ -74,13 +83,17 @@ class RolePolicy:
         return self._size(Episodic)
 
     @property
+    def coarse(self) -> int:
+        return self._size(Coarse)
+
+    @property
     def recent(self) -> int:
         return self._size(Recent)
 
     def capacity(self, max_frames: int) -> int:
-        """Context frames this role can hold (the current chunk not counted)."""
+        """Context slots this role can hold, each one frame's tokens (the current chunk not counted)."""
         sink = max_frames if self.sink is None else self.sink
-        return sink + self.episodic + self.recent
+        return sink + self.episodic + self.coarse + self.recent
 
 
 @dataclass(frozen=True)
@@ -98,7 +111,7 @@ class Policy:
     def warmup_chunks(self, chunk: int, window: int) -> int:
         """Chunks that fill every role's slots (episodic ones too): from the next chunk on, every chunk has the
         same shapes (what a compiled step needs)."""
-        return -(-max(r.capacity(window) for r in self.roles.values()) // chunk)
+        return -(-max(r.capacity(window) - r.coarse for r in self.roles.values()) // chunk)  # coarse: with the last episodic
 
     @property
     def bounded(self) -> bool:
@@ -152,6 +165,17 @@ def preset(name: str, chunk: int = 3, window: int = 21) -> Policy:
                 "memory": RolePolicy((Sink(3), Episodic(6), Recent(9)), on_switch="recache"),
             },
         )
+    if name == "headforcing-coarse":
+        # Head Forcing with the hierarchical memory's coarse level: the memory heads' 6 episodic slots become 4
+        # full-resolution ones and 2 coarse ones holding 8 older frames pooled 2x2 (same memory, same positions).
+        return Policy(
+            name,
+            {
+                "local": RolePolicy((Recent(3),), on_switch="recache"),
+                "anchor": RolePolicy((Sink(3), Recent(3)), on_switch="keep"),
+                "memory": RolePolicy((Sink(3), Episodic(4), Coarse(2), Recent(9)), on_switch="recache"),
+            },
+        )
     if name == "dummy-forcing":
         # Dummy Forcing (arXiv 2601.20499; csguoh/DummyForcing, wan/modules/dummyforcing.py): heads sorted by
         # where their attention goes: first-chunk heads keep only the sink, mid heads the local window, and the
@@ -186,4 +210,5 @@ def preset(name: str, chunk: int = 3, window: int = 21) -> Policy:
     raise UsageError(f"unknown policy {name!r}; known: {', '.join(PRESETS)}")
 
 
-PRESETS = ("full", "self-forcing", "longlive", "infinity-rope", "deep-forcing", "headforcing", "dummy-forcing", "forcing-kv")
+PRESETS = ("full", "self-forcing", "longlive", "infinity-rope", "deep-forcing", "headforcing", "headforcing-coarse",
+           "dummy-forcing", "forcing-kv")

@@ -32,21 +32,18 @@ class Rope:
         self.tokens_per_frame = grid_hw[0] * grid_hw[1]
         self.device = device
         self.inv_t = inverse_frequencies(t_dim, theta)  # [t_dim/2]
-        h_angles = torch.outer(torch.arange(grid_hw[0], dtype=torch.float64), inverse_frequencies(h_dim, theta))
-        w_angles = torch.outer(torch.arange(grid_hw[1], dtype=torch.float64), inverse_frequencies(w_dim, theta))
-        hw = torch.cat(
-            [
-                h_angles[:, None, :].expand(-1, grid_hw[1], -1),
-                w_angles[None, :, :].expand(grid_hw[0], -1, -1),
-            ],
-            dim=-1,
-        ).reshape(self.tokens_per_frame, -1)  # [T, (h_dim + w_dim)/2]
-        self.spatial = unit_rotations(hw).to(device)  # [T, (h_dim + w_dim)/2, 2]
+        rows, cols = (torch.arange(n, dtype=torch.float64) for n in grid_hw)
+        self.spatial = unit_rotations(spatial_angles(rows, cols, h_dim, w_dim, theta)).to(device)  # [T, (h_dim + w_dim)/2, 2]
+        self.pooled = None  # a coarse slot: 4 frames pooled 2x2, each token at the centre of its block
+        if grid_hw[0] % 2 == 0 and grid_hw[1] % 2 == 0:
+            centres = (2 * torch.arange(n // 2, dtype=torch.float64) + 0.5 for n in grid_hw)
+            self.pooled = unit_rotations(spatial_angles(*centres, h_dim, w_dim, theta)).repeat(4, 1, 1).to(device)  # [T, ., 2]
         self.inv_t_on_device = self.inv_t.to(device)
 
-    def freqs(self, positions: list[int] | torch.Tensor) -> torch.Tensor:
-        """Rotations [F*T, head_dim/2, 2] (cos, sin; float32) for frames at the given temporal positions.
-        A tensor of positions on the device stays there (no host round-trip)."""
+    def freqs(self, positions: list[int] | torch.Tensor, pooled: bool = False) -> torch.Tensor:
+        """Rotations [F*T, head_dim/2, 2] (cos, sin; float32) for frames at the given temporal positions
+        (pooled: for coarse slots, each four frames pooled 2x2 at one position). A tensor of positions on
+        the device stays there (no host round-trip)."""
         if isinstance(positions, torch.Tensor):
             t_angles = torch.outer(positions.to(self.inv_t_on_device.device, torch.float64), self.inv_t_on_device)
         else:
@@ -56,11 +53,19 @@ class Rope:
         out = torch.cat(
             [
                 temporal[:, None].expand(-1, tokens, -1, -1),
-                self.spatial[None].expand(num_frames, -1, -1, -1),
+                (self.pooled if pooled else self.spatial)[None].expand(num_frames, -1, -1, -1),
             ],
             dim=-2,
         )
         return out.reshape(num_frames * tokens, -1, 2)
+
+
+def spatial_angles(rows: torch.Tensor, cols: torch.Tensor, h_dim: int, w_dim: int, theta: float) -> torch.Tensor:
+    """float64 angles [rows * cols, (h_dim + w_dim)/2] of a row-major token grid at the given coordinates."""
+    h_angles = torch.outer(rows, inverse_frequencies(h_dim, theta))
+    w_angles = torch.outer(cols, inverse_frequencies(w_dim, theta))
+    grid = torch.cat([h_angles[:, None, :].expand(-1, len(cols), -1), w_angles[None, :, :].expand(len(rows), -1, -1)], dim=-1)
+    return grid.reshape(len(rows) * len(cols), -1)
 
 
 def unit_rotations(angles: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,15 @@
 """KVStore: the frames that one role group of one layer keeps, in preallocated buffers.
 
-Slots are laid out [sink | recent | episodic] (in latent frames of T tokens each). Frames enter in time
-order: the sink fills first, then the recent ring, and only frames leaving the recent ring can reach
+Slots are laid out [sink | recent | episodic | coarse] (in latent frames of T tokens each). Frames enter in
+time order: the sink fills first, then the recent ring, and only frames leaving the recent ring can reach
 the episodic slots, so the occupied slots are always a prefix. Attention then runs over one contiguous
 slice [occupied slots | current chunk] of the context buffers: one SDPA call per group.
+
+The coarse level (a Coarse segment) holds what the episodic slots give up when a novel frame replaces one:
+the slot's frame pooled 2x2 in space (T/4 tokens), four pooled frames a slot, the oldest overwritten first.
+It is attended from the moment the episodic slots are full (so shapes stay fixed), through an additive
+bias on its keys (`bias`): -inf where no pooled frame is held yet, log 4 where one is (a pooled token
+stands for four, as in token merging's proportional attention).
 
 Keys are kept before RoPE (`k_raw`) for compact positions, which change from chunk to chunk; `k_ctx`
 holds the rotated copy, made once per chunk. With absolute positions a key's rotation never changes, so
@@ -22,6 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from .rope import Rope, rotate
 from .policy import RolePolicy
 
@@ -42,18 +49,21 @@ class KVStore:
         self.n_sink = window_frames if role.sink is None else role.sink
         self.n_recent = role.recent
         self.n_episodic = role.episodic
+        self.n_coarse = role.coarse if memory is not None else 0  # (no episodic memory: nothing to give up)
         self.episodic_first = self.n_sink + self.n_recent
-        self.capacity = self.episodic_first + self.n_episodic
+        self.coarse_first = self.episodic_first + self.n_episodic
+        self.capacity = self.coarse_first + self.n_coarse
         self.chunk_frames = chunk_frames
         self.memory = memory  # decides what happens to frames leaving `recent` (None: they are dropped)
         self.observers = []  # callables (store, q_rot, keys_end, committing) that read attention, e.g. profilers
         self.frames: list[int] = []  # frame index held by each occupied sink/recent slot (a prefix of them)
         self.recent_next = 0  # ring position of the oldest recent frame, once the ring is full
-        self.k_raw = self.k_ctx = self.v_ctx = self.k_new = self.v_new = self.chunk_rot = None
+        self.k_raw = self.k_ctx = self.v_ctx = self.k_new = self.v_new = self.chunk_rot = self.bias = None
 
     # ---- buffers -------------------------------------------------------------------------------------
-    def allocate(self, batch: int, tokens_per_frame: int, head_dim: int, dtype, device) -> None:
+    def allocate(self, batch: int, tokens_per_frame: int, head_dim: int, dtype, device, grid_hw: tuple[int, int] | None = None) -> None:
         self.T = T = tokens_per_frame
+        self.grid_hw = grid_hw or (1, T)
         B, Hg, C = batch, len(self.heads), self.chunk_frames
         self.k_ctx = torch.zeros(B, Hg, (self.capacity + C) * T, head_dim, dtype=dtype, device=device)  # [slots | chunk]
         self.v_ctx = torch.zeros_like(self.k_ctx)
@@ -62,22 +72,36 @@ class KVStore:
         if not self.absolute:
             self.k_raw = torch.zeros(B, Hg, self.capacity * T, head_dim, dtype=dtype, device=device)
             self.k_new = torch.zeros(B, Hg, C * T, head_dim, dtype=dtype, device=device)  # the committed chunk's raw keys
+        self.bias = None
+        if self.n_coarse:
+            h, w = self.grid_hw
+            if h % 2 or w % 2:
+                raise UsageError(f"a Coarse segment pools 2x2 tokens; this token grid is {h}x{w}")
+            self.bias = torch.zeros((self.capacity + C) * T, dtype=dtype, device=device)  # added to every query's scores
+            self.bias[self.coarse_first * T : self.capacity * T] = float("-inf")  # no pooled frame held yet
         if self.memory is not None:  # episodic copies may land on the chunk's tail before it is committed
             self.v_new = torch.zeros(B, Hg, C * T, head_dim, dtype=dtype, device=device)
-            self.memory.reset(device)
+            self.memory.reset(device, 4 * self.n_coarse)
         self.frames, self.recent_next = [], 0
 
     def nbytes(self) -> int:
-        bufs = (self.k_raw, self.k_ctx, self.v_ctx, self.k_new, self.v_new, self.chunk_rot)
+        bufs = (self.k_raw, self.k_ctx, self.v_ctx, self.k_new, self.v_new, self.chunk_rot, self.bias)
         return sum(t.numel() * t.element_size() for t in bufs if t is not None)
 
     def _tokens(self, slot: int, count: int = 1) -> slice:
         return slice(slot * self.T, (slot + count) * self.T)
 
     @property
+    def coarse_active(self) -> bool:
+        """The coarse slots are attended (empty pooled frames masked) once the episodic slots are full."""
+        return bool(self.n_coarse) and self.memory.held == self.memory.slots
+
+    @property
     def occupied(self) -> int:
-        """Occupied slots: sink and recent, then episodic (always a prefix of the slots)."""
-        return len(self.frames) + (self.memory.held if self.memory is not None else 0)
+        """Occupied slots: sink and recent, then episodic, then coarse (always a prefix of the slots)."""
+        if self.memory is None:
+            return len(self.frames)
+        return len(self.frames) + self.memory.held + (self.n_coarse if self.coarse_active else 0)
 
     @property
     def steady(self) -> bool:
@@ -104,20 +128,25 @@ class KVStore:
 
     def slot_positions(self) -> list[int] | tuple[list[int], torch.Tensor]:
         """Positions of the occupied slots in slot order: a list, or (sink and recent slots' list, episodic
-        slots' device tensor) when episodic slots are held. Compact positions rank the frames in time order;
-        sink frames precede episodic ones (which left `recent`), which precede recent ones."""
+        and coarse slots' device tensor) when episodic slots are held. Compact positions rank the frames in
+        time order; sink frames precede episodic ones (which left `recent`), which precede recent ones. A
+        coarse slot is one position, its oldest pooled frame's (after every episodic frame while empty)."""
         if self.absolute:
             return list(self.frames)
         held = self.memory.held if self.memory is not None else 0
         sink = list(range(min(len(self.frames), self.n_sink)))
         recent = self.frames[self.n_sink :]
         order = sorted(recent)
-        fixed = sink + [self.n_sink + held + order.index(f) for f in recent]
+        coarse = self.n_coarse if self.coarse_active else 0
+        fixed = sink + [self.n_sink + held + coarse + order.index(f) for f in recent]
         if not held:
             return fixed
         episodic = self.memory.frames[:held]
-        rank = (episodic[None, :] < episodic[:, None]).sum(1)  # [held]: rank among the episodic frames
-        return fixed, self.n_sink + rank
+        if coarse:
+            episodic = torch.cat([episodic, self.memory.coarse_slot_frames()])  # [held + coarse]
+        index = torch.arange(len(episodic), device=episodic.device)
+        before = (episodic[None, :] < episodic[:, None]) | ((episodic[None, :] == episodic[:, None]) & (index[None, :] < index[:, None]))
+        return fixed, self.n_sink + before.sum(1)  # [held (+ coarse)]: rank in time, ties in slot order
 
     def begin_chunk(self, rope: Rope, first_frame: int, chunk_frames: int, freqs_of) -> None:
         """Fix this chunk's positions; re-rotate the kept keys (compact) once for the chunk's forwards."""
@@ -126,8 +155,12 @@ class KVStore:
         self.chunk_rot[: chunk_frames * self.T] = freqs_of(self.chunk_positions(first_frame, chunk_frames))  # [C*T, D/2, 2]
         if not self.absolute and n:
             slot_pos = self.slot_positions()
-            if isinstance(slot_pos, tuple):  # [sink | recent] from the host, [episodic] from the device
-                freqs = torch.cat([freqs_of(slot_pos[0]), rope.freqs(slot_pos[1])])
+            if isinstance(slot_pos, tuple):  # [sink | recent] from the host, [episodic | coarse] from the device
+                held = self.memory.held
+                parts = [freqs_of(slot_pos[0]), rope.freqs(slot_pos[1][:held])]
+                if self.coarse_active:
+                    parts.append(rope.freqs(slot_pos[1][held:], pooled=True))
+                freqs = torch.cat(parts)
             else:
                 freqs = freqs_of(slot_pos)
             self.k_ctx[:, :, self._tokens(0, n)] = rotate(self.k_raw[:, :, self._tokens(0, n)], freqs)
@@ -143,7 +176,8 @@ class KVStore:
         q_rot, k_rot = rotate(q, rot), rotate(k, rot)
         self.k_ctx[:, :, start:end] = k_rot
         self.v_ctx[:, :, start:end] = v
-        out = F.scaled_dot_product_attention(q_rot, self.k_ctx[:, :, :end], self.v_ctx[:, :, :end])
+        mask = self.bias[None, :end] if self.coarse_active else None  # [1, keys], broadcast over queries
+        out = F.scaled_dot_product_attention(q_rot, self.k_ctx[:, :, :end], self.v_ctx[:, :, :end], attn_mask=mask)
         if commit:
             if self.k_new is not None:
                 self.k_new[:, :, :S] = k
@@ -160,6 +194,8 @@ class KVStore:
         current chunk's frames): [B, Hg, Q, end // T], float32. Never the full attention matrix."""
         q = q_rot[:, :, queries].float()  # [B, Hg, Q, D]
         scores = q @ self.k_ctx[:, :, :end].float().transpose(-1, -2) / math.sqrt(q.shape[-1])
+        if self.coarse_active:
+            scores = scores + self.bias[:end].float()
         return scores.softmax(-1).unflatten(-1, (end // self.T, self.T)).sum(-1)
 
     # ---- committing ----------------------------------------------------------------------------------
@@ -227,6 +263,31 @@ class KVStore:
                 continue
             mixed = (1 - weight) * frames.index_select(2, dst).float() + weight * frames[:, :, src, None].float()
             frames.index_copy_(2, dst, mixed.to(buf.dtype))
+
+    def pool_slot(self, slot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw keys and values of slot `slot` ([1], on the device) pooled 2x2 in space: [B, Hg, T/4, D] each."""
+        h, w = self.grid_hw
+        out = []
+        for buf in (self.k_raw, self.v_ctx):
+            frame = buf.unflatten(2, (-1, self.T)).index_select(2, slot)[:, :, 0]  # [B, Hg, T, D]
+            grid = frame.float().unflatten(2, (h // 2, 2, w // 2, 2))  # [B, Hg, h/2, 2, w/2, 2, D]
+            out.append(grid.mean((3, 5)).flatten(2, 3).to(buf.dtype))
+        return out[0], out[1]
+
+    def write_pooled(self, quarter: torch.Tensor, keep: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Pooled frame number `quarter` ([1], device) of the coarse level := (k, v) [B, Hg, T/4, D] where
+        `keep` (a device bool) is false; left as it is where true."""
+        region = slice(self.coarse_first * self.T, self.capacity * self.T)
+        for buf, new in ((self.k_raw, k), (self.v_ctx, v)):
+            pooled = buf[:, :, region].unflatten(2, (-1, self.T // 4))  # [B, Hg, 4 * coarse, T/4, D], a view
+            old = pooled.index_select(2, quarter)
+            pooled.index_copy_(2, quarter, torch.where(keep, old, new[:, :, None]))
+
+    def mark_pooled(self, held: torch.Tensor) -> None:
+        """The coarse level's bias from which pooled frames are held ([4 * coarse] bool, device)."""
+        region = slice(self.coarse_first * self.T, self.capacity * self.T)
+        value = torch.where(held, math.log(4.0), float("-inf")).to(self.bias.dtype)
+        self.bias[region] = value.repeat_interleave(self.T // 4)
 
     def key_descriptor(self, slots: int | slice) -> torch.Tensor:
         """Unit mean raw key per head of a slot [B, Hg, D] (of a range of slots: [B, Hg, n, D]), float32."""

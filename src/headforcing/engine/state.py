@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..cache.episodic import ACTIONS, EpisodicConfig
+from ..cache.episodic import ACTIONS, EMPTY, EpisodicConfig
 from ..cache.headmap import HeadMap
 from ..errors import UsageError
 from .decode import StreamingVaeDecoder
@@ -72,6 +72,8 @@ def save_session(session, path: str, run: dict | None = None) -> None:
         if store.memory is not None:
             held = store.memory.held
             memory = dict(count=[int(c) for c in store.memory.count[:held].tolist()], usage=store.memory.usage[:held].tolist())
+            if store.n_coarse:
+                memory["pooled"] = dict(frames=store.memory.pooled_frames.tolist(), next=int(store.memory.pooled_next))
             tensors[f"store.{i}.memory.generator"] = store.memory.gen.get_state()
         stores.append(dict(layer=store.layer, role=store.name, heads=store.heads, frames=store.held_frames(),
                            recent_next=store.recent_next, memory=memory))
@@ -238,6 +240,8 @@ def restore(session, meta: dict, tensors: dict, path: str) -> None:
         if (saved["layer"], saved["role"], saved["heads"]) != (store.layer, store.name, store.heads):
             raise UsageError(f"{path} is inconsistent: store {i} is layer {saved['layer']} {saved['role']}, expected layer {store.layer} {store.name}")
         n = len(saved["frames"])
+        if store.n_coarse and n == store.coarse_first:  # the episodic slots are full: the coarse ones are attended
+            n = store.capacity
         if n > store.capacity:
             raise UsageError(f"{path} is inconsistent: store {i} holds {n} frames, capacity {store.capacity}")
         shape = (1, len(store.heads), n * store.T, store.v_ctx.shape[-1])
@@ -249,7 +253,11 @@ def restore(session, meta: dict, tensors: dict, path: str) -> None:
         writes.append((store.v_ctx, used, expect(tensors, f"store.{i}.v", shape, path)))
         if (saved["memory"] is None) != (store.memory is None):
             raise UsageError(f"{path} is inconsistent: store {i}'s episodic memory")
-        if saved["recent_next"] >= max(store.n_recent, 1) or (store.memory is not None and len(saved["memory"]["count"]) != max(0, n - store.episodic_first)):
+        pooled = (saved["memory"] or {}).get("pooled")
+        if store.n_coarse and not (isinstance(pooled, dict) and isinstance(pooled.get("frames"), list) and len(pooled["frames"]) == 4 * store.n_coarse
+                                   and all(whole(f, 0) for f in pooled["frames"]) and whole(pooled.get("next"), 0) and pooled["next"] < 4 * store.n_coarse):
+            raise UsageError(f"{path} is inconsistent: store {i}'s coarse level")
+        if saved["recent_next"] >= max(store.n_recent, 1) or (store.memory is not None and len(saved["memory"]["count"]) != max(0, len(saved["frames"]) - store.episodic_first)):
             raise UsageError(f"{path} is inconsistent: store {i}'s ring position or episodic slots")
     feats = []
     if meta["decoder"] is not None:
@@ -273,6 +281,11 @@ def restore(session, meta: dict, tensors: dict, path: str) -> None:
                 buffer = getattr(memory, name)
                 buffer[:held] = torch.tensor(values, dtype=buffer.dtype)
             memory.gen.set_state(tensors[f"store.{i}.memory.generator"])
+            if store.n_coarse:
+                pooled = saved["memory"]["pooled"]
+                memory.pooled_frames.copy_(torch.tensor(pooled["frames"]))
+                memory.pooled_next.fill_(pooled["next"])
+                store.mark_pooled(memory.pooled_frames != EMPTY)
     if feats:
         session.decoder.feat_cache, session.decoder.first = feats, meta["decoder"]["first"]
     if session.profiler is not None:

@@ -237,7 +237,7 @@ def run_share(runs: list, rank: int, size: int, change_at, heads, sampling, firs
     for i in share:
         seconds, policy, seed = runs[i]
         show = [int(s * TOY.fps) for s in sorted({0.0, 5.0, 30.0, seconds / 2, seconds - 1 / TOY.fps}) if s < seconds]
-        done[i] = run_one(pipe, policy, seconds, seed, Scene.for_seed(seed, change_at), heads if policy == "headforcing" else None,
+        done[i] = run_one(pipe, policy, seconds, seed, Scene.for_seed(seed, change_at), heads if policy.startswith("headforcing") else None,
                           show if seed == first_seed else (), sampling)
         progress(f"{policy} {seconds:g} s seed {seed} done" + (f" (rank {rank} of {size})" if size > 1 else ""))
     return done
@@ -357,7 +357,7 @@ def evaluate_memory(policies: list[str], durations: list[float], seeds: int, out
             policy, seed = runs[i]
             scene = MemoryScene.for_seed(seed, max(durations))
             keep = sorted({f for d in durations for f in strip_frames(scene, d)}) if seed == first_seed else ()
-            by_duration, kept = run_memory(pipe, policy, durations, seed, heads if policy == "headforcing" else None, sampling, keep)
+            by_duration, kept = run_memory(pipe, policy, durations, seed, heads if policy.startswith("headforcing") else None, sampling, keep)
             done[i] = ({f"{d:g}": r for d, r in by_duration.items()}, kept)
             progress(f"memory: {policy} {max(durations):g} s seed {seed} done" + (f" (rank {rank} of {size})" if size > 1 else ""))
         if size > 1:

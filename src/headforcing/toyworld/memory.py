@@ -96,23 +96,24 @@ def nearest_gap(seconds: float) -> float:
     return min(GAPS, key=lambda g: abs(g - seconds))
 
 
-def training_clip(rng: np.random.Generator, frames: int, size: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """A 21-frame clip holding a memory case inside the window, and its captions [(first frame, text)] (at most
+def training_clip(rng: np.random.Generator, frames: int, size: int) -> tuple[np.ndarray, list[tuple[int, str]], int]:
+    """A 21-frame clip holding a memory case inside the window, its captions [(first frame, text)] (at most
     3, changing at chunk starts): unsaid colours (objects' and the background's) the clip's own frames show,
-    and, in half of the clips, an object that leaves and returns with its colour unsaid."""
+    and, in half of the clips, an object that leaves and returns with its colour unsaid; and the chunk where
+    copying from the context is needed (the return, else the second chunk)."""
     world = make_world(int(rng.integers(2**31)), size, objects=int(rng.integers(1, 4)))
     world.background_said = rng.uniform() < 0.5
     for thing in world.things:
         thing.said = rng.uniform() < 0.5
     C, chunks = TOY.chunk_frames, frames // TOY.chunk_frames
-    events = []
+    events, focus = [], 1
     if rng.uniform() < 0.5:
         leave = int(rng.integers(1, chunks - 1))
         back = int(rng.integers(leave + 1, chunks))
         index = int(rng.integers(len(world.things)))
-        events = [(leave * C, index, "leave"), (back * C, index, "return")]
+        events, focus = [(leave * C, index, "leave"), (back * C, index, "return")], back
     scene = MemoryScene(world, events)
-    return np.stack(list(scene.frames(frames))), scene.cues()
+    return np.stack(list(scene.frames(frames))), scene.cues(), focus
 
 
 # ---- measuring -------------------------------------------------------------------------------------------

@@ -105,8 +105,9 @@ def make_batch(step: int, batch: int, seed: int, words, size: int, device: str =
     frames, sigmas, captions, caption_of_chunk = [], [], [], []
     C = TOY.chunk_frames
     for i in range(batch):
+        focus = None
         if memory_share and rng.uniform() < memory_share:
-            clip, cues = training_clip(rng, TOY.trained_frames, size)
+            clip, cues, focus = training_clip(rng, TOY.trained_frames, size)
         else:
             change_chunk = int(rng.integers(1, CHUNKS)) if rng.uniform() < 0.2 else CHUNKS
             clip, _, cues = generate(int(rng.integers(2**31)), TOY.trained_frames, size,
@@ -116,6 +117,8 @@ def make_batch(step: int, batch: int, seed: int, words, size: int, device: str =
         captions.append(texts)
         caption_of_chunk.append([max(j for j, (f, _) in enumerate(cues) if f <= c * C) for c in range(CHUNKS)])
         first_noisy = 0 if rng.uniform() < 0.5 else int(rng.integers(0, CHUNKS))
+        if focus is not None and rng.uniform() < 0.5:
+            first_noisy = focus  # the context holds what must be copied, the chunk after it is noisy
         s = sample_sigmas(rng, CHUNKS)
         s[:first_noisy] = 0.0
         sigmas.append(s)
@@ -138,11 +141,13 @@ def learning_rate(step: int, first: int, last: int, lr: float, warmup: int, cool
 
 def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3, warmup: int = 200,
           ema_decay: float = 0.999, save_every: int = 500, log=print, device: str = "cpu",
-          resume: str | None = None, cooldown: int = 0, memory_share: float = 0.0) -> Path:
+          resume: str | None = None, cooldown: int = 0, memory_share: float = 0.0, trainable: str = "all") -> Path:
     """Train to step `steps`. `resume`: a checkpoint of this function; its EMA weights start both the model and
     the average, the steps go on from its step with the same data, the optimiser's moments start afresh (so
     warm-up is run again). `cooldown`: the learning rate falls linearly to 0 over the last `cooldown` steps.
-    `memory_share`: the share of clips that are memory cases (unsaid colours, leave and return in the window)."""
+    `memory_share`: the share of clips that are memory cases (unsaid colours, leave and return in the window).
+    `trainable`: "all", or "text": only what reads the caption (the word encoder, the text projection, every
+    block's cross-attention); the rest stays as it is."""
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     size = TOY.size[0]
@@ -158,7 +163,10 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
     tokens = (size // 4) ** 2
     holder = for_training(model, TOY.chunk_frames * tokens)
     params = list(model.parameters()) + list(words.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
+    if trainable == "text":
+        for name, p in model.named_parameters():
+            p.requires_grad_(".attn2." in name or name.startswith("condition_embedder.text_embedder."))
+    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
     ema = [p.detach().clone() for p in params]
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -195,7 +203,7 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
             save_checkpoint(out_dir / f"step{step:06d}.safetensors", model, words, params, ema, dict(
                 steps=step, batch=batch, seed=seed, lr=lr, warmup=warmup, ema_decay=ema_decay,
                 minutes=round(before.get("minutes", 0) + (time.perf_counter() - start) / 60, 1),
-                loss=float(np.mean(losses[-50:])), cooldown=cooldown, memory_share=memory_share, resumed_at=before.get("resumed_at", []) + ([first] if resume else []),
+                loss=float(np.mean(losses[-50:])), cooldown=cooldown, memory_share=memory_share, trainable=trainable, resumed_at=before.get("resumed_at", []) + ([first] if resume else []),
                 machine=f"{platform.machine()} {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}, device {device}",
                 torch=torch.__version__, config=TOY.transformer, text_len=TOY.text_len))
     return out_dir / f"step{steps:06d}.safetensors"
