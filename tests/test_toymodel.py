@@ -298,3 +298,17 @@ def test_toyworld_train_bad_input(args, message, tmp_path, capsys):
     assert main(["toyworld", "train", "--out", str(out), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and not out.exists()
+
+
+def test_text_only_training_changes_only_what_reads_the_caption(tmp_path):
+    """--trainable text: the word encoder, the text projection and the cross-attentions move; every other
+    weight (self-attention, feed-forward, patch embedding, time embedding) is the checkpoint's, to the bit."""
+    first = train(str(tmp_path / "a"), 1, batch=2, save_every=1, log=lambda m: None)
+    text = train(str(tmp_path / "t"), 3, batch=2, save_every=3, log=lambda m: None, resume=str(first), memory_share=0.5, trainable="text")
+    (m0, w0), (m1, w1) = load_toy(str(first)), load_toy(str(text))
+    before, after = m0.state_dict(), m1.state_dict()
+    reads_text = lambda name: ".attn2." in name or name.startswith("condition_embedder.text_embedder.")  # noqa: E731
+    assert all(torch.equal(before[n], after[n]) for n in before if not reads_text(n))
+    assert not all(torch.equal(before[n], after[n]) for n in before if reads_text(n))
+    assert not all(torch.equal(p, q) for p, q in zip(w0.state_dict().values(), w1.state_dict().values()))
+    assert json.loads(text.with_suffix(".json").read_text())["trainable"] == "text"
