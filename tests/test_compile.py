@@ -80,7 +80,7 @@ def test_compiled_video_equals_eager(policy):
         return
     assert session.stats()["compile"]["compiled_chunks"] == chunks - warmup
     assert_close(eager, compiled, warmup)
-    if policy == "headforcing":
+    if policy.startswith("headforcing"):  # (headforcing-coarse: replaced frames pooled into the coarse level)
         assert session.stats()["episodic"]["replace"] > 0
 
 
