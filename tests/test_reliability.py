@@ -170,6 +170,7 @@ BAD = [
     (["--init-video", "BINARY"], "is not a readable video"),
     (["--init-image", "BINARY"], "is not a readable image"),
     (["--init-video", "CLIP16"], "is 16 fps; the model makes 4 fps video"),
+    (["--policy", "headforcing-coarse", "--size", "36x36"], "a Coarse segment pools 2x2 tokens; this token grid is 9x9"),
 ]
 
 
