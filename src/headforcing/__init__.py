@@ -18,7 +18,7 @@ _EXPORTS = {
     "load": "engine.pipeline", "Pipeline": "engine.pipeline",
     "Session": "engine.session", "SessionOptions": "engine.session", "Chunk": "engine.session",
     "HeadMap": "cache.headmap", "HeadwiseCache": "cache.headwise", "EpisodicConfig": "cache.episodic",
-    "Policy": "cache.policy", "RolePolicy": "cache.policy", "Sink": "cache.policy", "Episodic": "cache.policy",
+    "Policy": "cache.policy", "RolePolicy": "cache.policy", "Sink": "cache.policy", "Episodic": "cache.policy", "Coarse": "cache.policy",
     "Recent": "cache.policy", "preset": "cache.policy", "window_policy": "cache.policy", "PRESETS": "cache.policy",
     "UsageError": "errors",
 }
