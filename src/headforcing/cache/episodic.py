@@ -98,7 +98,6 @@ class EpisodicMemory:
         store.write_pooled(at, ~novel, k, v)
         self.pooled_frames.index_copy_(0, at, torch.where(novel, frame, self.pooled_frames.index_select(0, at)))
         self.pooled_next.copy_((at + novel.long()) % len(self.pooled_frames))
-        store.mark_pooled(self.pooled_frames != EMPTY)
 
     def coarse_slot_frames(self) -> torch.Tensor:
         """The frame giving each coarse slot its position: its oldest pooled frame (EMPTY while none): [coarse]."""

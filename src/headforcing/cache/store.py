@@ -275,16 +275,20 @@ class KVStore:
         return out[0], out[1]
 
     def write_pooled(self, quarter: torch.Tensor, keep: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Pooled frame number `quarter` ([1], device) of the coarse level := (k, v) [B, Hg, T/4, D] where
-        `keep` (a device bool) is false; left as it is where true."""
+        """Pooled frame number `quarter` ([1], device) of the coarse level := (k, v) [B, Hg, T/4, D], and its
+        bias := log 4 (held), where `keep` (a device bool) is false; left as it is where true. (A pooled frame,
+        once held, is only ever overwritten: only this quarter's bias can change.)"""
         region = slice(self.coarse_first * self.T, self.capacity * self.T)
         for buf, new in ((self.k_raw, k), (self.v_ctx, v)):
             pooled = buf[:, :, region].unflatten(2, (-1, self.T // 4))  # [B, Hg, 4 * coarse, T/4, D], a view
             old = pooled.index_select(2, quarter)
             pooled.index_copy_(2, quarter, torch.where(keep, old, new[:, :, None]))
+        bias = self.bias[region].view(-1, self.T // 4)  # [4 * coarse, T/4], a view
+        bias.index_copy_(0, quarter, torch.where(keep, bias.index_select(0, quarter), math.log(4.0)))
 
     def mark_pooled(self, held: torch.Tensor) -> None:
-        """The coarse level's bias from which pooled frames are held ([4 * coarse] bool, device)."""
+        """The coarse level's whole bias from which pooled frames are held ([4 * coarse] bool, device): for a
+        restored state (while generating, `write_pooled` keeps it)."""
         region = slice(self.coarse_first * self.T, self.capacity * self.T)
         value = torch.where(held, math.log(4.0), float("-inf")).to(self.bias.dtype)
         self.bias[region] = value.repeat_interleave(self.T // 4)
