@@ -8,7 +8,7 @@ import pytest
 from headforcing.cli import main
 from headforcing.models.specs import TOY
 from headforcing.toyworld.eval import CHANCE, measure_memory, memory_summary, run_memory
-from headforcing.toyworld.memory import GAPS, KEEPER, LATE, RETURNER, MemoryScene, apply, script, training_clip
+from headforcing.toyworld.memory import BACKGROUND, GAPS, KEEPER, LATE, RETURNER, MemoryScene, apply, script, training_clip
 from headforcing.toyworld.train import make_batch
 from headforcing.models.toy import build_word_encoder
 from headforcing.toyworld.world import PALETTE, decode_state
@@ -46,9 +46,13 @@ def test_captions_leave_the_colours_unsaid():
     cues = MemoryScene.for_seed(4, 60).cues()
     world = MemoryScene.for_seed(4, 60).world
     named = [{w for w in text.split() if w in PALETTE} for _, text in cues]
-    assert all(world.background in n for n in named) and world.things[KEEPER].colour not in set().union(*named)
-    assert world.things[RETURNER].colour in named[0]  # said at the start only
-    assert all(world.things[RETURNER].colour not in n for n in named[1:])
+    assert world.things[KEEPER].colour not in set().union(*named)
+    window = TOY.trained_frames
+    assert (window, BACKGROUND, "unsay") in MemoryScene.for_seed(4, 60).events  # a prompt switch at the window's end
+    assert all((world.background in n) == (f < window) for (f, _), n in zip(cues, named))  # said in window 1 only
+    assert all(text.endswith("on a background") for f, text in cues if f >= window)
+    first_leave = min(f for f, i, a in MemoryScene.for_seed(4, 60).events if (i, a) == (RETURNER, "leave"))
+    assert all((world.things[RETURNER].colour in n) == (f < first_leave) for (f, _), n in zip(cues, named))  # until it leaves
     assert all(f"a {world.things[RETURNER].shape}" in text for f, text in cues if f in {e["back"] for e in
                MemoryScene.for_seed(4, 60).returns() if e["who"] == "from_start"})
 
@@ -107,8 +111,16 @@ def test_training_clips_hold_memory_cases_inside_the_window():
     rng = np.random.default_rng(7)
     cases = [training_clip(rng, 21, 32) for _ in range(40)]
     returns = [(clip, cues, focus) for clip, cues, focus in cases if len(cues) == 3]
-    assert 10 <= len(returns) <= 30
+    unsaid = [(clip, cues, focus) for clip, cues, focus in cases if len(cues) == 2]
+    assert 10 <= len(returns) <= 30 and 4 <= len(unsaid) <= 18
     assert all(focus == 1 for _, cues, focus in cases if len(cues) == 1)
+    for clip, ((_, before), (frame, after)), focus in unsaid:  # a colour stops being said, its object stays
+        assert frame == focus * 3 and 0 < frame < 21
+        gone = set(before.split()) - set(after.split())
+        assert len(gone) == 1 and before.split().count(next(iter(gone))) == 1  # exactly one colour word
+        (colour,) = gone
+        seen = [colour in {o["colour"] for o in decode_state(f)["objects"]} for f in clip]
+        assert np.mean(seen[:frame]) > 0.5 and np.mean(seen[frame:]) > 0.5
     for clip, cues, focus in returns:
         (_, first), (leave, gone), (back, again) = cues
         assert leave % 3 == 0 and back % 3 == 0 and 0 < leave < back < 21
@@ -141,7 +153,7 @@ def test_a_model_session_follows_the_scenes_captions():
     pipe.session = lambda *args, **kwargs: sessions.append(open_session(*args, **kwargs)) or sessions[-1]
     scene = MemoryScene.for_seed(5, 20)
     frames, cues = memory_video(pipe, "self-forcing", 20, 5, scene, None, {})
-    assert sum(1 for _ in frames) == 81 and len(cues) == 4
+    assert sum(1 for _ in frames) == 81 and len(cues) == 5  # start, background unsaid, leave, enter, return
     assert [(h["frame"], h["prompt"]) for h in sessions[0].history] == cues
 
 
@@ -164,3 +176,22 @@ def test_tuning_takes_each_knob_to_its_best_value_in_one_pass():
     assert best == dict(a=1, b="y", c=6)  # all equal: nothing changes
     best, _ = coordinate_search(lambda s: float(s["a"] != 1), knobs, dict(a=1, b="y", c=6))
     assert best == dict(a=0, b="y", c=6)  # 0 and 2 tie above the start: the first of them
+
+
+def test_the_packaged_memory_weights_copy_an_unsaid_colour_from_context():
+    """Teacher-forced on the world's own frames, the background's colour unsaid: `--toy-weights memory`
+    predicts the background of a chunk from pure noise in its true colour when 3 exact chunks before it show
+    it, and not without them; the shipped weights, which read colours from the caption only, do not."""
+    from headforcing.models.toy import checkpoint_info, load_toy
+    from headforcing.toyworld.copying import TOKENS, teacher_forced
+    from headforcing.toyworld.train import for_training
+
+    def right(weights, context_chunks):
+        model, words = load_toy(weights)
+        holder = for_training(model, 3 * TOKENS)
+        return np.mean(sum((teacher_forced(model, words, holder, s, "background", context_chunks, 50.0)
+                            for s in range(400, 408)), []))
+
+    assert right("memory", 3) >= 0.9 and right("memory", 0) <= 0.3
+    assert right(None, 3) <= 0.3
+    assert checkpoint_info("memory")["memory_share"] > 0

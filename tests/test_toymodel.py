@@ -21,7 +21,7 @@ from headforcing.engine.sampler import ChunkSampler, SeededNoise
 from headforcing.engine.timeline import Cue
 from headforcing.toyworld.eval import Scene, Track, frame_metrics, read_frame, run_one, summarise
 from headforcing.models.toy import ToyTextEncoder, build_word_encoder, load_toy, tokenize
-from headforcing.toyworld.train import for_training, learning_rate, make_batch, train
+from headforcing.toyworld.train import for_training, learning_rate, make_batch, noised, train
 from headforcing.toyworld.world import PALETTE, decode_state, generate, make_world
 from headforcing.engine.video import count_frames
 
@@ -124,6 +124,26 @@ def test_caption_switch_mask_and_clean_context_in_a_batch():
         first = int(sees_second[b].float().argmax())
         assert first % (3 * TOKENS) == 0 and sees_second[b, first:].all()
     assert 0 < len(switched) < 16
+
+
+def test_context_jitter_and_timestep_change_only_the_context():
+    """noised(): by default clean context is exact and told timestep 0, noisy chunks are (1 - s) x0 + s eps
+    told 1000 s (a per-frame float64 oracle); with jitter and a context timestep only the context chunks
+    change, and the loss still counts the noisy chunks only."""
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.rand(2, 21, 3, 8, 8, generator=g) * 2 - 1, torch.randn(2, 21, 3, 8, 8, generator=g)
+    sigma = torch.tensor([[0, 0, 0.5, 1, 0.2, 0.9, 0.3], [0.7, 0.1, 0.4, 0.4, 1, 0.6, 0.8]])
+    jitter = torch.tensor([[0.1], [0.2]])
+    for j, t in ((0.0, 0.0), (jitter, 50.0)):
+        xt, told, noisy = noised(x0, eps, sigma, j, t)
+        for b in range(2):
+            for f in range(21):
+                s = float(sigma[b, f // 3])
+                level = s if s > 0 else (0.0 if t == 0 else float(jitter[b, 0]))
+                want = (1 - level) * x0[b, f].double() + level * eps[b, f].double()
+                assert torch.allclose(xt[b, f].double(), want, atol=1e-6)
+                assert float(noisy[b, f]) == (s > 0)
+        assert torch.equal(told[sigma > 0], sigma[sigma > 0] * 1000) and (told[sigma == 0] == t).all()
 
 
 def test_training_is_seeded_and_writes_a_loadable_checkpoint(tmp_path):
@@ -290,6 +310,8 @@ def test_toyworld_eval_bad_input(args, message, tmp_path, capsys):
     (["--resume", "nowhere.safetensors"], "--resume"),
     (["--resume", "SHIPPED", "--steps", "100"], "is not past"),
     (["--cooldown", "-1"], "--cooldown"),
+    (["--context-jitter", "2"], "--context-jitter"),
+    (["--context-timestep", "1000"], "--context-timestep"),
 ])
 def test_toyworld_train_bad_input(args, message, tmp_path, capsys):
     out = tmp_path / "run"

@@ -48,7 +48,8 @@ def parse_size(text: str) -> tuple[int, int]:
 def add_model_args(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed, 0..2**63-1")
     p.add_argument("--model", default="toy", help=MODELS)
-    p.add_argument("--toy-weights", help="a toy-world checkpoint from `toyworld train` (default: the shipped one)")
+    p.add_argument("--toy-weights", help="a toy-world checkpoint from `toyworld train`, or 'memory' (the packaged fine-tune "
+                   "that copies unsaid colours from its context; docs/TOYWORLD.md) (default: the shipped one)")
     p.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT, multiples of 16 for Wan models, of 4 for the toy "
                    "model (default: the model's, 832x480 / 32x32; or the --init-video clip's)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -151,6 +152,10 @@ def build_parser() -> Parser:
                     "objects leaving and returning inside the window), 0..1")
     tr.add_argument("--trainable", choices=("all", "text"), default="all",
                     help="what training changes: every weight, or only what reads the caption (word encoder, text projection, cross-attention)")
+    tr.add_argument("--context-timestep", type=float, default=0.0,
+                    help="the timestep clean context chunks are given (default 0; the toy model's sampler commits at 50)")
+    tr.add_argument("--context-jitter", type=float, default=0.0,
+                    help="context pixels get noise of a level drawn per clip from 0..this (default 0: exact context)")
     te = toy_sub.add_parser("eval", help="generate far past the window per policy; decode the world state; compare with the captions")
     te.add_argument("--out", required=True, help="folder for toyworld.json, toyworld.md, curves and frames")
     te.add_argument("--policies", default="self-forcing,longlive,infinity-rope,headforcing",
@@ -160,7 +165,8 @@ def build_parser() -> Parser:
     te.add_argument("--first-seed", type=int, default=0, help="seeds FIRST .. FIRST+SEEDS-1 (default 0)")
     te.add_argument("--heads", help="HeadMap JSON for headforcing and headforcing-coarse (from `headforcing profile --model toy`)")
     te.add_argument("--change-at", type=float, help="switch each seed's prompt to a changed scene at this second")
-    te.add_argument("--toy-weights", help="a checkpoint from `toyworld train` (default: the shipped one)")
+    te.add_argument("--toy-weights", help="a checkpoint from `toyworld train`, or 'memory' (the packaged fine-tune that copies "
+                    "unsaid colours from its context) (default: the shipped one)")
     te.add_argument("--solver", choices=["euler", "renoise"], help="override the model's solver (to compare them)")
     te.add_argument("--context-noise", type=int, help="override the commit pass's timestep (the model's own: 50)")
     te.add_argument("--blend-chunks", type=int, default=0, help="blend the text conditioning over N chunks at the --change-at switch")
@@ -378,6 +384,8 @@ def run_toyworld(args) -> int:
             raise UsageError("--steps and --batch must be at least 1")
         if not 0 <= args.memory_share <= 1:
             raise UsageError(f"--memory-share must be 0..1, got {args.memory_share}")
+        if not 0 <= args.context_timestep < 1000 or not 0 <= args.context_jitter <= 1:
+            raise UsageError(f"--context-timestep must be 0..999 and --context-jitter 0..1, got {args.context_timestep} and {args.context_jitter}")
         if not 0 <= args.cooldown <= args.steps:
             raise UsageError(f"--cooldown must be between 0 and --steps ({args.steps}), got {args.cooldown}")
         done = checkpoint_info(args.resume)["steps"] if args.resume else 0
@@ -385,7 +393,8 @@ def run_toyworld(args) -> int:
             raise UsageError(f"--steps {args.steps} is not past the {done} steps of --resume {args.resume}")
         last = train(args.out, args.steps, args.batch, args.seed, args.lr, save_every=args.save_every,
                      log=lambda m: print(m, flush=True), device=args.device, resume=args.resume,
-                     cooldown=args.cooldown, memory_share=args.memory_share, trainable=args.trainable)
+                     cooldown=args.cooldown, memory_share=args.memory_share, trainable=args.trainable,
+                     context_timestep=args.context_timestep, context_jitter=args.context_jitter)
         print(f"wrote {last}; use it with --toy-weights {last}")
         return 0
     from .cache.policy import PRESETS

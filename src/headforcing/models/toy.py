@@ -33,6 +33,7 @@ WORDS = ["a", "and", ",", "bounce", "bounces", "on", "background", *PALETTE, *SH
 VOCAB = ["<pad>", "<unk>", *WORDS]
 
 WEIGHTS = "toy.safetensors"  # in headforcing/weights/, with toy.json (how it was trained)
+PACKAGED = {"memory": "toy-memory.safetensors"}  # --toy-weights memory: the fine-tune that copies unsaid colours
 
 
 def tokenize(prompt: str, text_len: int) -> tuple[list[int], list[str]]:
@@ -106,8 +107,20 @@ def info_path(path) -> str:
     return str(path).removesuffix(".safetensors") + ".json"
 
 
+def weights_path(path: str | None) -> str:
+    """A checkpoint's file: the shipped weights (None), a packaged one by name ("memory"), or `path`."""
+    if path is not None and path not in PACKAGED:
+        return path
+    name = WEIGHTS if path is None else PACKAGED[path]
+    ref = resources.files("headforcing") / "weights" / name
+    if not ref.is_file():
+        raise UsageError(f"the toy model's weights are missing from the package ({name}); reinstall headforcing")
+    return str(ref)
+
+
 def checkpoint_info(path: str) -> dict:
     """How a `toyworld train` checkpoint was trained (steps, minutes, ...); UsageError if it is not one."""
+    path = weights_path(path)
     info = info_path(path)
     if not path.endswith(".safetensors") or not Path(path).is_file() or not Path(info).is_file():
         raise UsageError(f"--resume needs a checkpoint of `toyworld train` (stepN.safetensors with its .json), got {path!r}")
@@ -115,14 +128,10 @@ def checkpoint_info(path: str) -> dict:
 
 
 def load_toy(path: str | None = None):
-    """(DiT, WordEncoder) with the shipped weights, or those at `path`."""
+    """(DiT, WordEncoder) with the shipped weights, a packaged checkpoint by name ("memory"), or those at `path`."""
     from safetensors.torch import load_file
 
-    if path is None:
-        ref = resources.files("headforcing") / "weights" / WEIGHTS
-        if not ref.is_file():
-            raise UsageError(f"the toy model's weights are missing from the package ({WEIGHTS}); reinstall headforcing")
-        path = str(ref)
+    path = weights_path(path)
     transformer, words = build_transformer(TOY), build_word_encoder()
     try:
         state = load_file(path)

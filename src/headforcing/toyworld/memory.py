@@ -1,6 +1,8 @@
 """Memory scenes of the toy world: what the caption leaves unsaid, and objects that leave and come back.
 
-A seed's scene has three objects (`make_world(seed, objects=3)`) on a background its caption names:
+A seed's scene has three objects (`make_world(seed, objects=3)`) on a background its caption names for the
+first window only (5.25 s), so that the model draws it and must then keep it from its own frames
+("... bounce on a background"):
   - the *keeper* (object 0) is on screen throughout and its colour is never said: the model picks it in the
     first frames and must keep it;
   - the *returner* (object 1) is on screen from the start, its colour said until it first leaves; then it
@@ -25,11 +27,13 @@ GAPS = (5.0, 15.0, 30.0, 60.0)  # absences, seconds
 STAY = 10.0  # seconds on screen between absences
 LATE_ENTRY = 12.0  # seconds: past the first window
 KEEPER, RETURNER, LATE = 0, 1, 2
+BACKGROUND = -1  # the index of the background's one event: its colour goes unsaid after the first window
+BACKGROUND_SAID = TOY.trained_frames / TOY.fps  # seconds (21 frames, a chunk start)
 
 
 def script(seconds: float) -> list[tuple[float, int, str]]:
     """(time in seconds, object, "enter" | "leave" | "return") in time order, the ones before `seconds`."""
-    events = [(LATE_ENTRY, LATE, "enter")]
+    events = [(BACKGROUND_SAID, BACKGROUND, "unsay"), (LATE_ENTRY, LATE, "enter")]
     for index, start in ((RETURNER, 0.0), (LATE, LATE_ENTRY)):
         t = start + STAY
         for gap in GAPS:
@@ -39,7 +43,11 @@ def script(seconds: float) -> list[tuple[float, int, str]]:
 
 
 def apply(world: World, index: int, action: str) -> None:
-    """An event: leaving hides the object and unsays its colour for good; entering shows it, said."""
+    """An event: leaving hides the object and unsays its colour for good; entering shows it, said; "unsay"
+    keeps it (or the background) on screen and stops saying its colour."""
+    if index == BACKGROUND:
+        world.background_said = action != "unsay"
+        return
     thing = world.things[index]
     thing.visible = action != "leave"
     thing.said = action == "enter"
@@ -98,20 +106,26 @@ def nearest_gap(seconds: float) -> float:
 
 def training_clip(rng: np.random.Generator, frames: int, size: int) -> tuple[np.ndarray, list[tuple[int, str]], int]:
     """A 21-frame clip holding a memory case inside the window, its captions [(first frame, text)] (at most
-    3, changing at chunk starts): unsaid colours (objects' and the background's) the clip's own frames show,
-    and, in half of the clips, an object that leaves and returns with its colour unsaid; and the chunk where
-    copying from the context is needed (the return, else the second chunk)."""
+    3, changing at chunk starts): unsaid colours (objects' and the background's) the clip's own frames show;
+    in half of the clips an object that leaves and returns with its colour unsaid, in a quarter an object
+    whose colour the caption stops saying while it stays on screen; and the chunk where copying from the
+    context is needed (the return, the chunk the colour goes unsaid, else the second chunk)."""
     world = make_world(int(rng.integers(2**31)), size, objects=int(rng.integers(1, 4)))
     world.background_said = rng.uniform() < 0.5
     for thing in world.things:
         thing.said = rng.uniform() < 0.5
     C, chunks = TOY.chunk_frames, frames // TOY.chunk_frames
     events, focus = [], 1
-    if rng.uniform() < 0.5:
+    case = rng.uniform()
+    if case < 0.5:
         leave = int(rng.integers(1, chunks - 1))
         back = int(rng.integers(leave + 1, chunks))
         index = int(rng.integers(len(world.things)))
         events, focus = [(leave * C, index, "leave"), (back * C, index, "return")], back
+    elif case < 0.75:
+        focus, index = int(rng.integers(1, chunks)), int(rng.integers(len(world.things)))
+        world.things[index].said = True
+        events = [(focus * C, index, "unsay")]
     scene = MemoryScene(world, events)
     return np.stack(list(scene.frames(frames))), scene.cues(), focus
 

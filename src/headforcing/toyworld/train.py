@@ -133,6 +133,18 @@ def make_batch(step: int, batch: int, seed: int, words, size: int, device: str =
     return x.to(device), sigma.to(device), (ids.to(device), lengths.to(device)), text_mask.to(device)
 
 
+def noised(x0, eps, sigma, jitter, context_timestep: float):
+    """The model's input for clips x0 [B, 21, 3, H, W] with noise eps and per-chunk sigma [B, 7] (0 = clean
+    context): the noisy clips, the timestep each chunk is told [B, 7] and the loss's mask [B, 21, 1, 1, 1]
+    (the noisy chunks). Context chunks get noise of level `jitter` ([B, 1] or 0) and are told
+    `context_timestep`; noisy chunks get their sigma and are told sigma * 1000."""
+    clean = sigma == 0  # [B, 7]
+    per_frame = lambda t: t.repeat_interleave(TOY.chunk_frames, dim=1)[:, :, None, None, None]  # noqa: E731
+    s = per_frame(torch.where(clean, jitter, sigma))  # [B, 21, 1, 1, 1]
+    told = torch.where(clean, torch.full_like(sigma, context_timestep), sigma * 1000)
+    return (1 - s) * x0 + s * eps, told, per_frame(~clean).float()
+
+
 def learning_rate(step: int, first: int, last: int, lr: float, warmup: int, cooldown: int) -> float:
     """Linear warm-up over `warmup` steps from `first`, constant, then a linear fall to 0 over the last
     `cooldown` steps before `last` (none when 0)."""
@@ -141,13 +153,17 @@ def learning_rate(step: int, first: int, last: int, lr: float, warmup: int, cool
 
 def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3, warmup: int = 200,
           ema_decay: float = 0.999, save_every: int = 500, log=print, device: str = "cpu",
-          resume: str | None = None, cooldown: int = 0, memory_share: float = 0.0, trainable: str = "all") -> Path:
+          resume: str | None = None, cooldown: int = 0, memory_share: float = 0.0, trainable: str = "all",
+          context_timestep: float = 0.0, context_jitter: float = 0.0) -> Path:
     """Train to step `steps`. `resume`: a checkpoint of this function; its EMA weights start both the model and
     the average, the steps go on from its step with the same data, the optimiser's moments start afresh (so
     warm-up is run again). `cooldown`: the learning rate falls linearly to 0 over the last `cooldown` steps.
     `memory_share`: the share of clips that are memory cases (unsaid colours, leave and return in the window).
     `trainable`: "all", or "text": only what reads the caption (the word encoder, the text projection, every
-    block's cross-attention); the rest stays as it is."""
+    block's cross-attention); the rest stays as it is. `context_timestep`: the timestep the clean context
+    chunks are given (0; the toy schedule's commit pass tells the model 50); `context_jitter`: the context's
+    pixels get noise of a level drawn per clip from 0..context_jitter, so that copying from a context that is
+    not exact (the model's own frames, when it samples) is learned."""
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     size = TOY.size[0]
@@ -176,14 +192,13 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
         holder["cross"] = text_mask
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         eps = torch.randn(x0.shape, generator=gen).to(device)  # drawn on the CPU: the same noise on any device
-        s = sigma.repeat_interleave(TOY.chunk_frames, dim=1)[:, :, None, None, None]  # [B, 21, 1, 1, 1]
-        xt = (1 - s) * x0 + s * eps
+        jitter = (torch.rand(batch, 1, generator=gen) * context_jitter).to(device) if context_jitter else 0.0
+        xt, told, noisy = noised(x0, eps, sigma, jitter, context_timestep)
         context = words(ids, lengths)  # [3B, L, D], slot-major
         context = torch.cat(context.split(batch), dim=1)  # [B, 3L, D]
-        timestep = (sigma * 1000).repeat_interleave(TOY.chunk_frames * tokens, dim=1)  # [B, S]
+        timestep = told.repeat_interleave(TOY.chunk_frames * tokens, dim=1)  # [B, 7] -> [B, S]
         v = model(hidden_states=xt.permute(0, 2, 1, 3, 4), timestep=timestep, encoder_hidden_states=context,
                   return_dict=False)[0].permute(0, 2, 1, 3, 4)
-        noisy = (s > 0).float()
         loss = (((v - (eps - x0)) ** 2) * noisy).sum() / (noisy.sum() * x0[0, 0].numel())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -203,7 +218,8 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
             save_checkpoint(out_dir / f"step{step:06d}.safetensors", model, words, params, ema, dict(
                 steps=step, batch=batch, seed=seed, lr=lr, warmup=warmup, ema_decay=ema_decay,
                 minutes=round(before.get("minutes", 0) + (time.perf_counter() - start) / 60, 1),
-                loss=float(np.mean(losses[-50:])), cooldown=cooldown, memory_share=memory_share, trainable=trainable, resumed_at=before.get("resumed_at", []) + ([first] if resume else []),
+                loss=float(np.mean(losses[-50:])), cooldown=cooldown, memory_share=memory_share, trainable=trainable,
+                context_timestep=context_timestep, context_jitter=context_jitter, resumed_at=before.get("resumed_at", []) + ([first] if resume else []),
                 machine=f"{platform.machine()} {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}, device {device}",
                 torch=torch.__version__, config=TOY.transformer, text_len=TOY.text_len))
     return out_dir / f"step{steps:06d}.safetensors"

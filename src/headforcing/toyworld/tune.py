@@ -3,8 +3,9 @@
 One pass of coordinate search: from the defaults, each knob in turn takes each of its values with the others
 at their best so far, scored on the tuning seeds; the best value stays (a tie keeps the default). Score: the mean of (a) recall past
 the window (the share of scorable returns after absences of 15 s or more, both kinds of object, whose colour
-is the one that left) and (b) the keeper's identity persistence (mean over seeds). The chosen settings and
-the defaults are then measured on the held-out seeds.
+is the one that left), (b) the keeper's and (c) the background's identity persistence (means over seeds;
+the background is unsaid after the first window). The chosen settings and the defaults are then measured on
+the held-out seeds.
 
     python -m headforcing.toyworld.tune --seconds 60 --tune-seeds 8 --tune-first 300 --held-out-first 100 \\
         --held-out-seeds 8 --out tune/
@@ -70,8 +71,10 @@ def measure(pipe, settings: dict, seconds: float, seeds: range) -> dict:
     summary = memory_summary(runs)
     hits = [r["hit"] for run in runs for r in run["recalls"] if r["gap"] >= FAR and r["hit"] is not None]
     keeper = summary["identity_persistence"]["object_colour"]["mean"]
+    background = summary["identity_persistence"]["background"]["mean"]
     far = float(np.mean(hits)) if hits else float("nan")
-    return dict(summary=summary, recall_far=far, scored_far=len(hits), keeper=keeper, score=float(np.nanmean([far, keeper])))
+    return dict(summary=summary, recall_far=far, scored_far=len(hits), keeper=keeper, background=background,
+                score=float(np.nanmean([far, keeper, background])))
 
 
 def main(argv=None) -> None:
@@ -92,9 +95,9 @@ def main(argv=None) -> None:
 
     def score(settings):
         result = measure(pipe, settings, args.seconds, tune_seeds)
-        log.append(dict(settings=settings, **{k: result[k] for k in ("score", "recall_far", "scored_far", "keeper")}))
+        log.append(dict(settings=settings, **{k: result[k] for k in ("score", "recall_far", "scored_far", "keeper", "background")}))
         print(f"tune {settings}: score {result['score']:.3f} (recall past the window {result['recall_far']:.2f} of "
-              f"{result['scored_far']}, keeper {result['keeper']:.2f})", flush=True)
+              f"{result['scored_far']}, keeper {result['keeper']:.2f}, background {result['background']:.2f})", flush=True)
         return result["score"] if np.isfinite(result["score"]) else -1.0
 
     best, _ = coordinate_search(score, KNOBS, DEFAULTS)
@@ -106,7 +109,7 @@ def main(argv=None) -> None:
         result = report["held_out"]["defaults"] if same else measure(pipe, settings, args.seconds, held)
         report["held_out"][name] = result
         print(f"held out, {name} {settings}: score {result['score']:.3f} (recall past the window {result['recall_far']:.2f} "
-              f"of {result['scored_far']}, keeper {result['keeper']:.2f})", flush=True)
+              f"of {result['scored_far']}, keeper {result['keeper']:.2f}, background {result['background']:.2f})", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "tune.json").write_text(json.dumps(report, indent=1))
