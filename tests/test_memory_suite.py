@@ -195,3 +195,26 @@ def test_the_packaged_memory_weights_copy_an_unsaid_colour_from_context():
     assert right("memory", 3) >= 0.9 and right("memory", 0) <= 0.3
     assert right(None, 3) <= 0.3
     assert checkpoint_info("memory")["memory_share"] > 0
+
+
+def test_on_the_memory_checkpoint_a_cache_without_memory_forgets_what_a_sink_keeps(monkeypatch):
+    """The suite needs memory: on `--toy-weights memory` (a model that copies from its context), a 3-frame window
+    (no sink, nothing older) keeps window 1's background in fewer later windows than `longlive` (a sink of the
+    first frames in every head), on the same seeds, and recalls no returning object in its colour; the sink
+    keeps the never-said keeper colour in most later windows."""
+    import headforcing
+    import headforcing.engine.session as session_module
+    from headforcing.cache.policy import window_policy
+
+    presets = session_module.preset
+    monkeypatch.setattr(session_module, "preset", lambda name, chunk=3, window=21:
+                        window_policy(name, 6, 0, chunk) if name == "window-3" else presets(name, chunk, window))
+    pipe = headforcing.load("toy", toy_weights="memory")
+    summary, hits = {}, {}
+    for policy in ("window-3", "longlive"):
+        runs = [run_memory(pipe, policy, [45], seed)[0][45] for seed in range(108, 112)]
+        summary[policy] = memory_summary(runs)["identity_persistence"]
+        hits[policy] = [r["hit"] for run in runs for r in run["recalls"] if r["hit"] is not None]
+    assert summary["window-3"]["background"]["mean"] + 0.15 < summary["longlive"]["background"]["mean"]
+    assert hits["window-3"] and not any(hits["window-3"])
+    assert summary["longlive"]["object_colour"]["mean"] > 0.5
