@@ -78,7 +78,7 @@ class KVStore:
             if h % 2 or w % 2:
                 raise UsageError(f"a Coarse segment pools 2x2 tokens; this token grid is {h}x{w}")
             self.bias = torch.zeros((self.capacity + C) * T, dtype=dtype, device=device)  # added to every query's scores
-            self.bias[self.coarse_first * T : self.capacity * T] = float("-inf")  # no pooled frame held yet
+            self.bias[self._tokens(self.coarse_first, self.n_coarse)] = float("-inf")  # no pooled frame held yet
         if self.memory is not None:  # episodic copies may land on the chunk's tail before it is committed
             self.v_new = torch.zeros(B, Hg, C * T, head_dim, dtype=dtype, device=device)
             self.memory.reset(device, 4 * self.n_coarse)
@@ -278,7 +278,7 @@ class KVStore:
         """Pooled frame number `quarter` ([1], device) of the coarse level := (k, v) [B, Hg, T/4, D], and its
         bias := log 4 (held), where `keep` (a device bool) is false; left as it is where true. (A pooled frame,
         once held, is only ever overwritten: only this quarter's bias can change.)"""
-        region = slice(self.coarse_first * self.T, self.capacity * self.T)
+        region = self._tokens(self.coarse_first, self.n_coarse)
         for buf, new in ((self.k_raw, k), (self.v_ctx, v)):
             pooled = buf[:, :, region].unflatten(2, (-1, self.T // 4))  # [B, Hg, 4 * coarse, T/4, D], a view
             old = pooled.index_select(2, quarter)
@@ -289,7 +289,7 @@ class KVStore:
     def mark_pooled(self, held: torch.Tensor) -> None:
         """The coarse level's whole bias from which pooled frames are held ([4 * coarse] bool, device): for a
         restored state (while generating, `write_pooled` keeps it)."""
-        region = slice(self.coarse_first * self.T, self.capacity * self.T)
+        region = self._tokens(self.coarse_first, self.n_coarse)
         value = torch.where(held, math.log(4.0), float("-inf")).to(self.bias.dtype)
         self.bias[region] = value.repeat_interleave(self.T // 4)
 

@@ -28,13 +28,12 @@ import torch
 from ..engine.pipeline import load
 from ..models.specs import TOY
 from ..models.toy import PALETTE, load_toy
-from .train import for_training
-from .world import decode_state, make_world
+from .memory import MemoryScene
+from .train import for_training, noised
+from .world import decode_state, make_world, nearest_colour
 
 FRAMES, SAID_UNTIL, FROM = 21, 6, 9
 C, TOKENS = TOY.chunk_frames, (TOY.size[0] // 4) ** 2
-NAMES = list(PALETTE)
-TABLE = np.array([PALETTE[n] for n in NAMES], np.float32)
 
 
 def unsay(world, what: str, unsaid: bool) -> str:
@@ -73,33 +72,20 @@ def teacher_forced(model, words, holder, seed: int, what: str, context_chunks: i
     colour? `model` is set up by `train.for_training` (holder: its caption mask)."""
     world = make_world(seed, TOY.size[0], objects=2)
     colour = unsay(world, what, True)
-    caption = world.caption()
-    clip = []
-    for _ in range(FRAMES):
-        clip.append(world.render())
-        world.step()
-    clip = np.stack(clip)  # [21, H, W, 3] uint8
+    clip = np.stack(list(MemoryScene(world, []).frames(FRAMES)))  # [21, H, W, 3] uint8, the world's own frames
     x0 = torch.from_numpy(clip).permute(0, 3, 1, 2).float()[None] / 127.5 - 1.0  # [1, 21, 3, H, W]
-    sigma = torch.ones(FRAMES // C)
-    sigma[:context_chunks] = 0.0
+    sigma = torch.ones(1, FRAMES // C)
+    sigma[:, :context_chunks] = 0.0
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    s = sigma.repeat_interleave(C)[None, :, None, None, None]
-    xt = (1 - s) * x0 + s * eps
-    context = words(*words.batch([caption]))  # [1, L, D]
+    xt, timestep, _ = noised(x0, eps, sigma, 0.0, told)  # exact context, told `told`
+    context = words(*words.batch([world.caption()]))  # [1, L, D]
     holder["cross"] = torch.ones(1, 1, FRAMES * TOKENS, context.shape[1], dtype=torch.bool)
-    timestep = torch.where(sigma == 0, torch.tensor(told), sigma * 1000).repeat_interleave(C * TOKENS)[None]
-    v = model(hidden_states=xt.permute(0, 2, 1, 3, 4), timestep=timestep, encoder_hidden_states=context,
-              return_dict=False)[0].permute(0, 2, 1, 3, 4)
+    v = model(hidden_states=xt.permute(0, 2, 1, 3, 4), timestep=timestep.repeat_interleave(C * TOKENS, dim=1),
+              encoder_hidden_states=context, return_dict=False)[0].permute(0, 2, 1, 3, 4)
     k = slice(context_chunks * C, (context_chunks + 1) * C)
-    pred = ((xt - s * v)[0, k].permute(0, 2, 3, 1).numpy() + 1.0) * 127.5  # [3, H, W, 3]
-    truth = clip[k].astype(np.float32)
-    out = []
-    for p, t in zip(pred, truth):
-        mask = (t == TABLE[NAMES.index(colour)]).all(-1)
-        if mask.sum() >= 4:
-            mean = p[mask].mean(0)
-            out.append(NAMES[int(((TABLE - mean) ** 2).sum(1).argmin())] == colour)
-    return out
+    pred = ((xt - v)[0, k].permute(0, 2, 3, 1).numpy() + 1.0) * 127.5  # x0 = x_t - sigma v, sigma 1: [3, H, W, 3]
+    masks = (clip[k] == np.array(PALETTE[colour])).all(-1)  # [3, H, W] the colour's true pixels
+    return [nearest_colour(p[m].mean(0)) == colour for p, m in zip(pred, masks) if m.sum() >= 4]
 
 
 def main() -> None:

@@ -32,7 +32,8 @@ BACKGROUND_SAID = TOY.trained_frames / TOY.fps  # seconds (21 frames, a chunk st
 
 
 def script(seconds: float) -> list[tuple[float, int, str]]:
-    """(time in seconds, object, "enter" | "leave" | "return") in time order, the ones before `seconds`."""
+    """(time in seconds, object or BACKGROUND, "enter" | "leave" | "return" | "unsay") in time order, the ones
+    before `seconds`."""
     events = [(BACKGROUND_SAID, BACKGROUND, "unsay"), (LATE_ENTRY, LATE, "enter")]
     for index, start in ((RETURNER, 0.0), (LATE, LATE_ENTRY)):
         t = start + STAY
