@@ -178,6 +178,24 @@ def test_tuning_takes_each_knob_to_its_best_value_in_one_pass():
     assert best == dict(a=0, b="y", c=6)  # 0 and 2 tie above the start: the first of them
 
 
+def test_the_tuning_score_is_far_recall_keeper_and_background(monkeypatch):
+    """measure(): the score is the mean of recall past the window (returns after 15 s or more, scorable ones
+    only), the keeper's and the background's identity persistence; with no scorable far return, of the two
+    identities."""
+    from headforcing.toyworld import tune
+
+    runs = {300: dict(identity=dict(background=0.5, object_colour=0.25), captioned=1.0, recalls=[
+                dict(who="from_start", gap=5.0, hit=True, truth=True), dict(who="late", gap=15.0, hit=True, truth=True),
+                dict(who="late", gap=30.0, hit=False, truth=False), dict(who="from_start", gap=60.0, hit=None, truth=False)]),
+            301: dict(identity=dict(background=1.0, object_colour=0.75), captioned=1.0, recalls=[])}
+    monkeypatch.setattr(tune, "run_memory", lambda pipe, policy, durations, seed, sampling: ({durations[0]: runs[seed]}, {}))
+    result = tune.measure(None, tune.DEFAULTS, 60.0, range(300, 302))
+    assert (result["recall_far"], result["scored_far"], result["keeper"], result["background"]) == (0.5, 2, 0.5, 0.75)
+    assert result["score"] == pytest.approx((0.5 + 0.5 + 0.75) / 3)
+    runs[300]["recalls"] = runs[300]["recalls"][:1]
+    assert tune.measure(None, tune.DEFAULTS, 60.0, range(300, 302))["score"] == pytest.approx((0.5 + 0.75) / 2)
+
+
 def test_the_packaged_memory_weights_copy_an_unsaid_colour_from_context():
     """Teacher-forced on the world's own frames, the background's colour unsaid: `--toy-weights memory`
     predicts the background of a chunk from pure noise in its true colour when 3 exact chunks before it show
