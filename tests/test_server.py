@@ -137,6 +137,119 @@ def test_a_token_is_required_off_localhost():
         s.stop()
 
 
+def test_another_web_page_cannot_open_the_socket(server):
+    """Cross-site WebSocket hijacking: a page from another origin is refused at the handshake; the server's
+    own page (same origin) and non-browser clients (no Origin) are served."""
+    from websockets.exceptions import InvalidStatus
+
+    for origin in ("http://evil.example", f"http://127.0.0.1:{server.port + 1}", "null"):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://127.0.0.1:{server.port}/ws", origin=origin)
+        assert refused.value.response.status_code == 403, origin
+    with server.socket() as ws:  # no Origin
+        assert receive(ws, "ready")["type"] == "ready"
+    for _ in range(200):
+        if server.stats()["sessions"] == 0:
+            break
+        time.sleep(0.05)
+    with connect(f"ws://127.0.0.1:{server.port}/ws", origin=f"http://127.0.0.1:{server.port}") as ws:
+        assert receive(ws, "ready")["type"] == "ready"
+
+
+def test_a_request_for_another_host_name_is_refused(server):
+    """DNS rebinding: a page of evil.example whose name now points to 127.0.0.1 sends Host: evil.example."""
+    from websockets.exceptions import InvalidStatus
+
+    request = urllib.request.Request(f"http://127.0.0.1:{server.port}/stats", headers={"Host": f"evil.example:{server.port}"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request)
+    assert refused.value.code == 421
+    with pytest.raises(InvalidStatus):
+        connect(f"ws://127.0.0.1:{server.port}/ws", additional_headers={"Host": f"evil.example:{server.port}"})
+    assert json.loads(urllib.request.urlopen(urllib.request.Request(
+        f"http://127.0.0.1:{server.port}/stats", headers={"Host": f"localhost:{server.port}"})).read())["sessions"] >= 0
+    for path in ("/docs", "/openapi.json", "/redoc"):  # no API pages to read without the token
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}")
+        assert missing.value.code == 404
+
+
+def test_binary_deep_huge_messages_and_unbounded_policies_are_answered(server):
+    with server.socket() as ws:
+        receive(ws, "ready")
+        for bad, answer in ((b"\x00\x01", "binary messages"), ("[" * 5000 + "]" * 5000, "nests too deeply"),
+                            ("[" * 100_000, "at most 16384 characters"),
+                            (json.dumps(dict(type="start", prompt="a red circle", policy="full")), "cannot run live")):
+            ws.send(bad)
+            assert answer in receive(ws, "error")["message"], str(bad)[:40]
+        ws.send(json.dumps(dict(type="start", prompt="a red circle bounces on a green background")))
+        receive(ws, "chunk")
+        ws.send('{"type": "save"}')
+        receive(ws, "saved")
+        ws.send('{"type": "save"}')  # at once again: refused, nothing re-encoded
+        assert "one save every" in receive(ws, "error")["message"]
+
+
+FAULTY = """
+import sys, uvicorn
+from headforcing.engine.pipeline import load
+from headforcing.engine.session import Session
+from headforcing.server.app import create_app
+real = Session.step
+def step(self, *args, **kwargs):
+    if self.chunk == 2:
+        raise RuntimeError("a fault the test injected")
+    return real(self, *args, **kwargs)
+Session.step = step
+print("headforcing live: http://127.0.0.1:%s/ (a faulty model)" % sys.argv[1], flush=True)
+uvicorn.run(create_app(load("toy"), max_sessions=1), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def test_a_session_that_fails_in_the_model_says_so_and_frees_its_slot():
+    """A model that fails in its thread (here a fault injected into Session.step in the real server process): the
+    client gets one error, the socket closes, and the slot and cache are free for the next client."""
+    s = Server.__new__(Server)
+    s.port = free_port()
+    s.proc = subprocess.Popen([sys.executable, "-c", FAULTY, str(s.port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    s.url = s.proc.stdout.readline().split()[2]
+    try:
+        for client in range(3):  # with one slot, a leak would make the second client "busy"
+            for _ in range(300):
+                try:
+                    ws = s.socket()
+                    break
+                except (ConnectionError, OSError):
+                    time.sleep(0.1)
+            with ws:
+                assert receive(ws, "ready")["type"] == "ready", client
+                ws.send(json.dumps(dict(type="start", prompt="a red circle bounces on a green background")))
+                error = receive(ws, "error")
+                assert error["fatal"] and "a fault the test injected" in error["message"]
+            for _ in range(200):
+                if s.stats()["sessions"] == 0:
+                    break
+                time.sleep(0.05)
+            assert s.stats() | dict(threads=0, rss_mib=0) == dict(sessions=0, cache_bytes=0, threads=0, rss_mib=0)
+    finally:
+        s.proc.terminate()
+        s.proc.wait(30)
+
+
+def test_port_0_prints_the_port_it_got_once_it_listens():
+    proc = subprocess.Popen([sys.executable, "-m", "headforcing", "serve", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        url = proc.stdout.readline().split()[2]
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        assert port > 0
+        # printed after the socket listens: the first request is answered (it may wait in the queue, never refused)
+        assert json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=120).read())["sessions"] == 0
+    finally:
+        proc.send_signal(2)
+        assert proc.wait(30) == 0
+
+
 def test_a_port_in_use_is_one_line_before_anything_loads(capsys):
     from headforcing.cli import main
 

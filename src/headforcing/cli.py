@@ -394,7 +394,8 @@ def run_toyworld(args) -> int:
         last = train(args.out, args.steps, args.batch, args.seed, args.lr, save_every=args.save_every,
                      log=lambda m: print(m, flush=True), device=args.device, resume=args.resume,
                      cooldown=args.cooldown, memory_share=args.memory_share, trainable=args.trainable,
-                     context_timestep=args.context_timestep, context_jitter=args.context_jitter)
+                     context_timestep=args.context_timestep, context_jitter=args.context_jitter,
+                     own_context=args.own_context, return_share=args.return_share)
         print(f"wrote {last}; use it with --toy-weights {last}")
         return 0
     from .cache.policy import PRESETS
@@ -433,15 +434,30 @@ def run_toyworld(args) -> int:
     return 0
 
 
-def check_port(host: str, port: int) -> None:
+def listen(host: str, port: int):
+    """The server's listening socket, bound before the model loads (a port in use is one line, at once)."""
     import socket
 
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
     except OSError as e:
+        sock.close()
         raise UsageError(f"cannot serve on {host}:{port}: {e.strerror}") from None
+    return sock
+
+
+def served_hosts(bound: str, extra: list[str]) -> tuple[str, ...] | None:
+    """The Host names the server answers to: loopback's names on loopback, the bound address otherwise; None
+    (any) when bound to every interface, where the token is the guard."""
+    from .server.app import LOOPBACK, host_name
+
+    if bound in ("0.0.0.0", "::"):
+        return None
+    names = LOOPBACK if bound in LOOPBACK else (bound,)
+    return tuple(names) + tuple(host_name(h) for h in extra)
 
 
 def run_serve(args) -> int:

@@ -29,12 +29,15 @@ from pathlib import Path
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from ..cache.policy import PRESETS
+from ..cache.policy import PRESETS, preset
 from ..errors import UsageError
 from .live import Live
 
 MAX_PROMPT = 500  # characters
+MAX_MESSAGE = 16 * 1024  # characters of one socket message: more is refused before it is parsed
+SAVE_EVERY = 2.0  # seconds: a session saves at most this often (each save re-encodes its video)
 BUFFER_SECONDS = 2.0  # unplayed video the page may hold before generation waits
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def rss_bytes() -> int:
@@ -43,7 +46,33 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def create_app(pipe, max_sessions: int = 2, token: str | None = None, blend_chunks: int = 0) -> FastAPI:
+def host_name(value: str) -> str:
+    """The host of a Host header or an origin's netloc, without port or brackets ("[::1]:8000" -> "::1")."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def same_origin(origin: str | None, host: str | None, allowed_origins: tuple[str, ...]) -> bool:
+    """A WebSocket's Origin: absent (not a browser), one of `allowed_origins`, or the page's own origin
+    (http(s)://<the Host it asked for>). Any other web page the user visits is refused (cross-site
+    WebSocket hijacking)."""
+    if origin is None:
+        return True
+    origin = origin.strip().lower().rstrip("/")
+    if origin in allowed_origins:
+        return True
+    scheme, _, netloc = origin.partition("://")
+    return scheme in ("http", "https") and host is not None and netloc == host.strip().lower()
+
+
+def create_app(pipe, max_sessions: int = 2, token: str | None = None, blend_chunks: int = 0,
+               hosts: tuple[str, ...] | None = LOOPBACK, origins: tuple[str, ...] = ()) -> FastAPI:
+    """`hosts`: the names the Host header may give (None: any; a server bound to every interface has a token
+    instead); a request for another (DNS rebinding) is refused. `origins`: other origins whose pages may open
+    the socket, beside the page's own."""
+    origins = tuple(o.lower().rstrip("/") for o in origins)
     model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headforcing-model")
     model.submit(int).result()  # its one thread starts now and serves every session: none is made per connection
     folder = Path(tempfile.mkdtemp(prefix="headforcing-serve-"))
@@ -54,7 +83,8 @@ def create_app(pipe, max_sessions: int = 2, token: str | None = None, blend_chun
         model.shutdown(wait=True)
         shutil.rmtree(folder, ignore_errors=True)
 
-    app = FastAPI(title="headforcing live", lifespan=lifespan)
+    # no /docs, /redoc or /openapi.json: the page and its socket are the whole interface (docs/LIVE.md)
+    app = FastAPI(title="headforcing live", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     lives: dict[str, Live] = {}
     spec = pipe.spec
     buffer_frames = max(spec.chunk_frames, round(BUFFER_SECONDS * spec.fps))
@@ -65,6 +95,15 @@ def create_app(pipe, max_sessions: int = 2, token: str | None = None, blend_chun
 
     async def on_model(fn, *args):
         return await asyncio.get_running_loop().run_in_executor(model, fn, *args)
+
+    def host_ok(headers) -> bool:
+        return hosts is None or host_name(headers.get("host", "")) in hosts
+
+    @app.middleware("http")
+    async def check_host(request: Request, call_next):
+        if not host_ok(request.headers):
+            return Response("unknown Host: this server answers only to the address it was started on", status_code=421)
+        return await call_next(request)
 
     @app.get("/")
     async def page(request: Request):
@@ -99,6 +138,9 @@ def create_app(pipe, max_sessions: int = 2, token: str | None = None, blend_chun
 
     @app.websocket("/ws")
     async def live_socket(ws: WebSocket):
+        if not host_ok(ws.headers) or not same_origin(ws.headers.get("origin"), ws.headers.get("host"), origins):
+            await ws.close(code=1008)  # before accepting: the handshake fails with 403, nothing is served
+            return
         await ws.accept()
         if not allowed(ws.query_params.get("token")):
             await ws.send_json(dict(type="error", message="a token is required"))
@@ -110,7 +152,7 @@ def create_app(pipe, max_sessions: int = 2, token: str | None = None, blend_chun
             return
         sid = f"{time.monotonic_ns():x}"
         live = lives[sid] = Live(pipe, folder, blend_chunks)
-        state = dict(sent=0, played=0, paused=False, fps_made=0.0)
+        state = dict(sent=0, played=0, paused=False, fps_made=0.0, saved=-SAVE_EVERY)
         wake = asyncio.Event()
         await ws.send_json(dict(type="ready", fps=spec.fps, size=list(spec.size), policies=list(PRESETS), max_prompt=MAX_PROMPT,
                                 session=sid))
@@ -122,7 +164,13 @@ def create_app(pipe, max_sessions: int = 2, token: str | None = None, blend_chun
                     await wake.wait()
                     continue
                 start = time.perf_counter()
-                stats, frames = await on_model(live.step)
+                try:
+                    stats, frames = await on_model(live.step)
+                except Exception as e:  # the model failed: say so and close; the socket's clean-up frees the slot
+                    message = str(e) if isinstance(e, UsageError) else f"the session failed: {type(e).__name__}: {e}"
+                    await ws.send_json(dict(type="error", message=message, fatal=True))
+                    await ws.close(code=1011)
+                    return
                 state["fps_made"] = len(frames) / (time.perf_counter() - start)
                 state["sent"] += len(frames)
                 await ws.send_json(dict(type="chunk", frames=frames, stats=dict(stats, fps_made=state["fps_made"]),
@@ -138,6 +186,9 @@ def create_app(pipe, max_sessions: int = 2, token: str | None = None, blend_chun
                 policy, seed = message.get("policy", "headforcing"), message.get("seed", 0)
                 if policy not in PRESETS or not isinstance(seed, int) or isinstance(seed, bool):
                     raise UsageError(f"policy must be one of {', '.join(PRESETS)} and seed an integer")
+                if not preset(policy, spec.chunk_frames, spec.trained_frames).bounded:
+                    raise UsageError(f"policy {policy!r} keeps every frame and cannot run live (its video must end "
+                                     f"inside {spec.trained_frames} latent frames); pick a bounded one")
                 await on_model(live.start, message["prompt"], policy, seed)
                 state.update(sent=0, played=0, paused=False)
             elif kind == "prompt":
@@ -158,6 +209,9 @@ def create_app(pipe, max_sessions: int = 2, token: str | None = None, blend_chun
             elif kind == "save":
                 if live.session is None:
                     raise UsageError("nothing to save yet")
+                if time.monotonic() - state["saved"] < SAVE_EVERY:
+                    raise UsageError(f"one save every {SAVE_EVERY:g} s: try again in a moment")
+                state["saved"] = time.monotonic()
                 video, sidecar = await on_model(live.save)
                 base = f"/download/{sid}/"
                 query = f"?token={token}" if token else ""
@@ -169,23 +223,36 @@ def create_app(pipe, max_sessions: int = 2, token: str | None = None, blend_chun
         producer = asyncio.create_task(produce())
         try:
             while True:
-                text = await ws.receive_text()
+                received = await ws.receive()
+                if received["type"] == "websocket.disconnect":
+                    break
                 try:
-                    message = json.loads(text)
-                    if not isinstance(message, dict):
-                        raise UsageError("a message is a JSON object with a \"type\"")
-                    await handle(message)
+                    await handle(parse(received.get("text")))
                 except (ValueError, TypeError) as e:  # UsageError, bad JSON, a prompt the model refuses
                     await ws.send_json(dict(type="error", message=str(e) if isinstance(e, UsageError) else "malformed message"))
         except (WebSocketDisconnect, RuntimeError):
             pass
-        finally:
+        finally:  # whatever ended the connection (the client, the model, the server), the slot and cache are freed
             producer.cancel()
             try:
-                await producer
-            except (asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
-                pass
-            await on_model(live.close)  # after any step in flight: frees the cache at once
-            lives.pop(sid, None)
+                await asyncio.gather(producer, return_exceptions=True)
+            finally:
+                lives.pop(sid, None)
+                await on_model(live.close)  # after any step in flight: frees the cache at once
 
     return app
+
+
+def parse(text: str | None) -> dict:
+    """One socket message: JSON text of a bounded size, an object. UsageError names what is wrong."""
+    if text is None:
+        raise UsageError("binary messages are not accepted: send JSON text")
+    if len(text) > MAX_MESSAGE:
+        raise UsageError(f"a message is at most {MAX_MESSAGE} characters")
+    try:
+        message = json.loads(text)
+    except RecursionError:
+        raise UsageError("a message nests too deeply") from None
+    if not isinstance(message, dict):
+        raise UsageError("a message is a JSON object with a \"type\"")
+    return message

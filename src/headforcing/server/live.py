@@ -63,9 +63,11 @@ class Live:
                      start_seconds=self.pipe.spec.video_frames(h["frame"]) / fps) for h in self.session.history]
 
     def save(self) -> tuple[Path, Path]:
-        """The mp4 of the session so far and its timeline, as files; the recording goes on in a new file that
-        starts with a copy of this one."""
+        """The mp4 of the session so far and its timeline, as files (replacing the previous save's); the
+        recording goes on in a new file that starts with a copy of this one."""
         self.saves += 1
+        for old in self.dir.glob("video-*"):  # one saved file per session: the newest replaces the last
+            old.unlink()
         done = self.writer
         done.__exit__(None, None, None)
         video = done.path.with_name(f"video-{self.saves}.mp4")
