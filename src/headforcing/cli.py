@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from . import __version__, signals
+from . import __version__, signals, threads
 from .cache.policy import DEFAULT_RULE, PRESETS
 from .engine.compiled import MODES as COMPILE_MODES
 from .errors import RunError, UsageError
@@ -65,6 +65,11 @@ def add_model_args(p) -> None:
     p.add_argument("--text-encoder-device", help="where umT5 runs (default: the run's device; offloaded after)")
 
 
+def add_threads_arg(p) -> None:
+    p.add_argument("--threads", type=int, help="intra-op CPU threads (default: what the model's shape was measured to "
+                   "use, 1 for the toy and tiny models; OMP_NUM_THREADS wins too)")
+
+
 def add_compile_arg(p) -> None:
     p.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
                    help="compile the DiT for chunks after the cache fills (torch.compile, fullgraph); MODE: "
@@ -77,6 +82,7 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     gen = sub.add_parser("generate", help="generate a video chunk by chunk")
+    add_threads_arg(gen)
     gen.add_argument("--prompt", action="append", help='a prompt; repeat as "text@SECONDS" for a timeline')
     gen.add_argument("--timeline", help='JSONL file of {"start": seconds, "prompt": text}')
     gen.add_argument("--seconds", type=float, help="seconds of video to generate (default: 5)")
@@ -103,6 +109,7 @@ def build_parser() -> Parser:
     gen.set_defaults(seed=None, model=None)  # None: not given (so --resume can tell a contradicting flag)
 
     prof = sub.add_parser("profile", help="measure what each head attends to and classify heads into roles")
+    add_threads_arg(prof)
     prof.add_argument("--out", required=True, help="heads.json (the HeadMap with its statistics); a .png beside it")
     prof.add_argument("--prompts", help="a file of prompts, one per line (default: a few built-in ones)")
     prof.add_argument("--chunks", type=int, default=7, help="chunks to run, inside the trained window (default 7)")
@@ -112,6 +119,7 @@ def build_parser() -> Parser:
     add_model_args(prof)
 
     ev = sub.add_parser("eval", help="long-video metrics over time for one or more mp4 files")
+    add_threads_arg(ev)
     ev.add_argument("videos", nargs="+", help="mp4 files, or folders of them (DIR/<policy>/<id>.mp4: one row per policy); "
                     "shard them with torchrun")
     ev.add_argument("--out", required=True, help="folder for metrics.json, segments.csv and plots")
@@ -121,6 +129,7 @@ def build_parser() -> Parser:
     ev.add_argument("--clip-seconds", type=float, default=2.0, help="clip length of the long-video rule")
 
     b = sub.add_parser("bench", help="time presets x durations: FPS, first frame, memory, TFLOP/s")
+    add_threads_arg(b)
     b.add_argument("--policies", default="self-forcing,headforcing")
     b.add_argument("--seconds", default="10,60", help="durations, comma-separated")
     b.add_argument("--model", default=None, help="default: wan2.1-1.3b on a GPU, tiny on a CPU (smoke test)")
@@ -139,6 +148,7 @@ def build_parser() -> Parser:
     toy = sub.add_parser("toyworld", help="the toy world: train its model, or measure long-horizon drift against its truth")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True, parser_class=Parser)
     tr = toy_sub.add_parser("train", help="train the toy-world model (seeded; checkpoints every --save-every steps)")
+    add_threads_arg(tr)
     tr.add_argument("--out", required=True, help="folder for stepNNNNNN.safetensors (+ .json) checkpoints")
     tr.add_argument("--steps", type=int, default=3000)
     tr.add_argument("--batch", type=int, default=8)
@@ -156,7 +166,12 @@ def build_parser() -> Parser:
                     help="the timestep clean context chunks are given (default 0; the toy model's sampler commits at 50)")
     tr.add_argument("--context-jitter", type=float, default=0.0,
                     help="context pixels get noise of a level drawn per clip from 0..this (default 0: exact context)")
+    tr.add_argument("--own-context", type=float, default=0.0,
+                    help="share of clips whose clean context is the model's own one-step drawing of it (default 0)")
+    tr.add_argument("--return-share", type=float, default=0.5,
+                    help="of the memory clips, the share where an object leaves and comes back (default 0.5)")
     te = toy_sub.add_parser("eval", help="generate far past the window per policy; decode the world state; compare with the captions")
+    add_threads_arg(te)
     te.add_argument("--out", required=True, help="folder for toyworld.json, toyworld.md, curves and frames")
     te.add_argument("--policies", default="self-forcing,longlive,infinity-rope,headforcing",
                     help="cache presets; 'truth' measures the world's own frames (the benchmark's ceiling)")
@@ -170,17 +185,26 @@ def build_parser() -> Parser:
     te.add_argument("--solver", choices=["euler", "renoise"], help="override the model's solver (to compare them)")
     te.add_argument("--context-noise", type=int, help="override the commit pass's timestep (the model's own: 50)")
     te.add_argument("--blend-chunks", type=int, default=0, help="blend the text conditioning over N chunks at the --change-at switch")
-    te.add_argument("--suite", choices=["default", "memory"], default="default",
+    te.add_argument("--suite", choices=["default", "memory", "recall"], default="default",
                     help="default: drift against the captions; memory: unsaid colours kept, objects that leave and return "
-                    "(recall after 5, 15, 30, 60 s)")
+                    "(recall after 5, 15, 30, 60 s); recall: six objects that leave and return for 5-120 s, scored "
+                    "teacher-forced and free-running, with the oracle and window reference caches")
+    te.add_argument("--modes", default="teacher,free", help="recall suite: teacher, free or both (default)")
     te.add_argument("--novelty", type=float, help="the episodic memory's novelty threshold (default 0.05), to tune it")
 
     srv = sub.add_parser("serve", help="a live page: the video plays as it is made, prompts change while it plays")
+    add_threads_arg(srv)
     srv.add_argument("--host", default="127.0.0.1", help="address to bind; any other than this machine's loopback needs a token")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--token", help="required on the page URL and the WebSocket (generated and printed off localhost)")
     srv.add_argument("--max-sessions", type=int, default=2, help="live sessions at once; more connections are told the server is busy")
     srv.add_argument("--blend-chunks", type=int, default=0, help="blend the text conditioning over N chunks at a prompt switch (0: hard)")
+    srv.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                     help="a further name the Host header may give (e.g. a reverse proxy's); repeatable. By default only the "
+                     "bound address (and localhost on loopback) is answered")
+    srv.add_argument("--allow-origin", action="append", default=[], metavar="URL",
+                     help="a further origin (https://example.org) whose pages may open the live socket; repeatable. By "
+                     "default only the server's own page may")
     add_model_args(srv)
     add_compile_arg(srv)
 
@@ -370,8 +394,8 @@ def parse_durations(text: str) -> list[float]:
         durations = [float(x) for x in text.split(",")]
     except ValueError:
         raise UsageError(f"--seconds must be comma-separated numbers, got {text!r}") from None
-    if not all(d > 0 for d in durations):
-        raise UsageError(f"--seconds must be positive, got {text!r}")
+    if not all(0 < d <= 86400 for d in durations):  # (nan fails too)
+        raise UsageError(f"--seconds must be positive and at most a day (86400), got {text!r}")
     return durations
 
 
@@ -386,6 +410,8 @@ def run_toyworld(args) -> int:
             raise UsageError(f"--memory-share must be 0..1, got {args.memory_share}")
         if not 0 <= args.context_timestep < 1000 or not 0 <= args.context_jitter <= 1:
             raise UsageError(f"--context-timestep must be 0..999 and --context-jitter 0..1, got {args.context_timestep} and {args.context_jitter}")
+        if not 0 <= args.own_context <= 1 or not 0 <= args.return_share <= 1:
+            raise UsageError(f"--own-context and --return-share must be 0..1, got {args.own_context} and {args.return_share}")
         if not 0 <= args.cooldown <= args.steps:
             raise UsageError(f"--cooldown must be between 0 and --steps ({args.steps}), got {args.cooldown}")
         done = checkpoint_info(args.resume)["steps"] if args.resume else 0
@@ -402,9 +428,12 @@ def run_toyworld(args) -> int:
     from .toyworld.eval import evaluate
 
     policies = args.policies.split(",")
-    unknown = [p for p in policies if p not in PRESETS and p != "truth"]
+    references = ("truth", "oracle", "window") if args.suite == "recall" else ("truth",)
+    unknown = [p for p in policies if p not in PRESETS and p not in references]
     if unknown:
-        raise UsageError(f"unknown policy {unknown[0]!r}; known: {', '.join(PRESETS)}")
+        raise UsageError(f"unknown policy {unknown[0]!r}; known: {', '.join(PRESETS + references)}")
+    if args.suite == "recall":
+        return run_recall(args, policies)
     if args.suite != "memory" and args.novelty is not None:
         raise UsageError("--novelty goes with --suite memory")
     if args.suite == "memory":
@@ -431,6 +460,26 @@ def run_toyworld(args) -> int:
         return 0
     print((Path(args.out) / "toyworld.md").read_text(), end="")
     print(f"wrote {args.out}/toyworld.json, toyworld.md, curves_*.png/csv, frames_*.png ({len(report['results'])} runs)")
+    return 0
+
+
+def run_recall(args, policies: list[str]) -> int:
+    from .toyworld.recall import MODES, evaluate_recall
+
+    modes = args.modes.split(",")
+    if not modes or any(m not in MODES for m in modes):
+        raise UsageError(f"--modes takes {' and/or '.join(MODES)}, comma-separated; got {args.modes!r}")
+    if args.change_at is not None or args.novelty is not None:
+        raise UsageError("--change-at and --novelty do not go with --suite recall")
+    durations = parse_durations(args.seconds)
+    if len(durations) != 1:
+        raise UsageError(f"the recall suite takes one duration (--seconds 600), got {args.seconds!r}")
+    sampling = dict(solver=args.solver, context_noise=args.context_noise)
+    report = evaluate_recall(policies, durations[0], args.seeds, args.out, modes, args.heads, args.toy_weights, sampling,
+                             args.first_seed)
+    if report is not None:
+        print((Path(args.out) / "recall.md").read_text(), end="")
+        print(f"wrote {args.out}/recall.json, recall.md, recall.png ({len(report['results'])} rows)")
     return 0
 
 
@@ -467,7 +516,11 @@ def run_serve(args) -> int:
         raise UsageError("--max-sessions must be 1..64, --blend-chunks 0..64 and --port 0..65535")
     local = args.host in ("127.0.0.1", "localhost", "::1")
     token = args.token or (None if local else secrets.token_urlsafe(16))
-    check_port(args.host, args.port)  # before the model loads
+    bad = [o for o in args.allow_origin if not o.startswith(("http://", "https://"))]
+    if bad:
+        raise UsageError(f"--allow-origin takes an origin such as https://example.org, got {bad[0]!r}")
+    hosts = served_hosts(args.host, args.allow_host)
+    sock = listen(args.host, args.port)  # before the model loads
     import uvicorn
 
     from .engine.pipeline import load
@@ -476,11 +529,16 @@ def run_serve(args) -> int:
     pipe = load(args.model, **load_args(args))
     if args.compile:
         pipe.compile(args.compile)
-    app = create_app(pipe, args.max_sessions, token, args.blend_chunks)
+    app = create_app(pipe, args.max_sessions, token, args.blend_chunks, hosts, tuple(args.allow_origin))
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"headforcing live: http://{host}:{args.port}/" + (f"?token={token}" if token else "") + "  (Ctrl-C stops)", flush=True)
+    port = sock.getsockname()[1]  # the one it got, with --port 0
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     signal.signal(signal.SIGINT, signal.default_int_handler)  # uvicorn takes Ctrl-C / SIGTERM over while it serves
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    print(f"headforcing live: http://{host}:{port}/" + (f"?token={token}" if token else "") + "  (Ctrl-C stops)", flush=True)
+    try:
+        server.run(sockets=[sock])  # the socket already listens: connections made since the line above wait in its queue
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down cleanly and re-raised it (as uvicorn.run, we end there)
+        pass
     return 0
 
 
@@ -506,6 +564,10 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past a file-size limit, writes fail (EFBIG) instead of killing us
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "threads", None) is not None:
+            if not 1 <= args.threads <= 1024:
+                raise UsageError(f"--threads must be 1..1024, got {args.threads}")
+            threads.use(args.threads)
         commands = {
             "generate": run_generate,
             "profile": run_profile,

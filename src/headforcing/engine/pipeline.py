@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from .. import threads
 from ..errors import UsageError
 from ..models.loading import dit_from_original, find_wan_folder, read_causal_checkpoint
 from ..models.specs import WAN_1_3B, ModelSpec, RandomTextEncoder, build_transformer, build_vae, get_spec, to_device
@@ -170,6 +171,7 @@ def load(model: str = "toy", *, wan_dir: str | None = None, checkpoint: str | No
     $HEADFORCING_WAN_DIR / $HEADFORCING_CHECKPOINT do). decode=False skips the VAE (latents only)."""
     spec, folder, checkpoint = model_spec(model, wan_dir, checkpoint)
     torch_device = pick_device(device)
+    threads.fit(spec.name, torch_device)
     torch_dtype = pick_dtype(dtype, torch_device)
     vae = None
     if folder is None and spec.name == "toy":

@@ -85,9 +85,11 @@ class ChunkSampler:
                 torch._dynamo.mark_static_address(buffer)
 
     @torch.no_grad()
-    def chunk(self, index: int, text: torch.Tensor, noise, batch: int, latent_chw, first_frame: int | None = None) -> torch.Tensor:
+    def chunk(self, index: int, text: torch.Tensor, noise, batch: int, latent_chw, first_frame: int | None = None,
+              truth: torch.Tensor | None = None) -> torch.Tensor:
         """Sample chunk `index` (latent frames first_frame.., index * chunk_frames unless given) and commit it
-        to the cache; returns its x0 [B, C_frames, C, H, W] float32."""
+        to the cache; returns its x0 [B, C_frames, C, H, W] float32. `truth` (same shape): commit these latents
+        instead of the sampled ones (teacher forcing: the model draws, the given frames become the context)."""
         shape = (batch, self.chunk_frames, *latent_chw)
         first_frame = index * self.chunk_frames if first_frame is None else first_frame
         self.cache.begin_chunk(first_frame, self.chunk_frames)
@@ -106,7 +108,7 @@ class ChunkSampler:
                 else:
                     eps = noise.step(index, i, shape).to(self.device, torch.float32)
                     x = (1 - s_next) * x0 + s_next * eps
-        self.commit(x0, text, model=model)
+        self.commit(x0 if truth is None else truth, text, model=model)
         self._count(model is not self.transformer, graphs_compiled() - graphs)
         return x0
 

@@ -18,6 +18,7 @@ from ..cache.headmap import HeadMap
 from ..cache.headwise import HeadwiseCache
 from ..cache.policy import DEFAULT_RULE, Policy, RolePolicy, Sink, preset
 from ..cache.profiler import HeadProfiler, classify, parse_rule
+from .. import threads
 from ..errors import UsageError
 from ..models.schedule import Schedule
 from .sampler import ChunkSampler, SeededNoise
@@ -29,7 +30,7 @@ MAX_SEED = 2**63 - 1  # torch.Generator takes 64-bit seeds; beyond them seeds wo
 class SessionOptions:
     """What a session was opened with (saved with it; a resumed session keeps them)."""
 
-    policy: str = "headforcing"
+    policy: str | Policy = "headforcing"  # a preset's name; instruments may give a Policy (not saved with a state)
     heads: str | None = None  # None: the policy's default map; "auto": profile the first window; else a HeadMap JSON path
     rule: str = DEFAULT_RULE  # classification rule for heads="auto"
     seed: int = 0
@@ -83,7 +84,7 @@ def check_options(spec, options: SessionOptions, headmap: HeadMap | None = None)
     schedule_for(spec.schedule, options.solver, options.context_noise)
     if not isinstance(options.blend_chunks, int) or not 0 <= options.blend_chunks <= 64:
         raise UsageError(f"--blend-chunks must be 0..64, got {options.blend_chunks}")
-    policy = preset(options.policy, spec.chunk_frames, spec.trained_frames)
+    policy = options.policy if isinstance(options.policy, Policy) else preset(options.policy, spec.chunk_frames, spec.trained_frames)
     if headmap is not None:
         return policy, policy.resolve_headmap(spec.num_layers, spec.num_heads, headmap)
     if options.heads == "auto":
@@ -104,6 +105,8 @@ class Session:
         solver, context_noise, decode. `headmap` gives a HeadMap object directly (then heads=PATH is not read).
         episodic: the episodic memory's settings (None: memory heads keep no episodic frames)."""
         self.pipe, self.spec = pipe, pipe.spec
+        if pipe.device.type == "cpu":
+            threads.refit()  # the machine's load may have changed since the model loaded
         self.options = SessionOptions(**options)
         if not isinstance(prompt, str) or not prompt.strip():
             raise UsageError("the prompt is empty")
@@ -203,14 +206,19 @@ class Session:
         """Episodic decisions so far, by action (tallied on the device)."""
         return self.cache.decision_counts()
 
-    def step(self) -> Chunk:
-        """Make the next chunk: its latents and, when decoding, its frames."""
+    def step(self, truth: torch.Tensor | None = None) -> Chunk:
+        """Make the next chunk: its latents and, when decoding, its frames. `truth` [1, C, c, h, w]: the
+        chunk is drawn as usual, but these clean latents are committed in its place (teacher forcing: what the
+        model would draw here, from a context that is the world's own)."""
         C = self.spec.chunk_frames
+        if truth is not None:
+            self._check_given(truth, C)
         self._before(C)
         first, index = self.frame, self.chunk
         text = self._text()
-        latents = self.timer("dit", self.sampler.chunk, index, text, self.noise, 1, self.latent_chw, first)
-        self._committed(latents)
+        latents = self.timer("dit", self.sampler.chunk, index, text, self.noise, 1, self.latent_chw, first,
+                             None if truth is None else truth.to(self.pipe.device, torch.float32))
+        self._committed(latents if truth is None else truth)
         self.chunk += 1
         frames = self.timer("vae", self.decoder.decode, latents) if self.options.decode else None
         return Chunk(index, first, latents, frames)
@@ -229,6 +237,22 @@ class Session:
         weight = k / (self.options.blend_chunks + 1)
         return torch.lerp(self.pipe.encode(previous), text, weight)
 
+    def _check_given(self, latents: torch.Tensor, frames: int | None = None) -> None:
+        if latents.ndim != 5 or tuple(latents.shape[2:]) != self.latent_chw or latents.shape[0] != 1:
+            raise UsageError(f"given latents have shape {tuple(latents.shape)}, the session makes [1, L, {', '.join(map(str, self.latent_chw))}]")
+        if frames is not None and latents.shape[1] != frames:
+            raise UsageError(f"given latents hold {latents.shape[1]} frames, a chunk is {frames}")
+
+    def feed(self, latents: torch.Tensor) -> None:
+        """Commit the next chunk's clean latents [1, C, c, h, w] as if the model had made them (one commit
+        forward, no sampling): a session can follow a given video, and draw only where asked (`step(truth)`)."""
+        C = self.spec.chunk_frames
+        self._check_given(latents, C)
+        self._before(C)
+        text = self._text()
+        self.sampler.commit(latents.to(self.pipe.device, torch.float32), text, first_frame=self.frame)
+        self._committed(latents)
+
     def start_from(self, latents: torch.Tensor) -> torch.Tensor | None:
         """Continue given clean latents [1, L, C, h, w] (`Pipeline.encode_frames` of a clip or an image): they
         are committed as context chunk by chunk, as Self Forcing's pipeline commits its `initial_latent`
@@ -237,8 +261,7 @@ class Session:
         C = self.spec.chunk_frames
         if self.frame:
             raise UsageError("a session can start from given frames only before its first chunk")
-        if latents.ndim != 5 or tuple(latents.shape[2:]) != self.latent_chw or latents.shape[0] != 1:
-            raise UsageError(f"given latents have shape {tuple(latents.shape)}, the session makes [1, L, {', '.join(map(str, self.latent_chw))}]")
+        self._check_given(latents)
         L = latents.shape[1]
         if L % C not in (0, 1) or L == 0:
             raise UsageError(f"{L} latent frames cannot be committed in chunks of {C} (give a multiple of {C}, or 1 + one)")
@@ -264,7 +287,7 @@ class Session:
             chunks=self.chunk, latent_frames=self.frame, video_frames=self.video_frames(),
             seconds=self.video_frames() / self.spec.fps, cache_bytes=self.cache.nbytes(), prompt=self.prompt,
             prompt_switches=len(self.history) - 1, profiling=self.profiling, episodic=dict(self.episodic_counts),
-            policy=self.options.policy,
+            policy=self.policy.name,
             compile=dict(mode=self.sampler.compiled.mode, **self.sampler.compile_stats) if self.sampler.compiled else None,
         )
 

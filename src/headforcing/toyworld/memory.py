@@ -105,11 +105,11 @@ def nearest_gap(seconds: float) -> float:
     return min(GAPS, key=lambda g: abs(g - seconds))
 
 
-def training_clip(rng: np.random.Generator, frames: int, size: int) -> tuple[np.ndarray, list[tuple[int, str]], int]:
+def training_clip(rng: np.random.Generator, frames: int, size: int, returns: float = 0.5) -> tuple[np.ndarray, list[tuple[int, str]], int]:
     """A 21-frame clip holding a memory case inside the window, its captions [(first frame, text)] (at most
     3, changing at chunk starts): unsaid colours (objects' and the background's) the clip's own frames show;
-    in half of the clips an object that leaves and returns with its colour unsaid, in a quarter an object
-    whose colour the caption stops saying while it stays on screen; and the chunk where copying from the
+    in a `returns` share of the clips (half by default) an object that leaves and returns with its colour
+    unsaid, in half of the rest an object whose colour the caption stops saying while it stays on screen; and the chunk where copying from the
     context is needed (the return, the chunk the colour goes unsaid, else the second chunk)."""
     world = make_world(int(rng.integers(2**31)), size, objects=int(rng.integers(1, 4)))
     world.background_said = rng.uniform() < 0.5
@@ -118,12 +118,12 @@ def training_clip(rng: np.random.Generator, frames: int, size: int) -> tuple[np.
     C, chunks = TOY.chunk_frames, frames // TOY.chunk_frames
     events, focus = [], 1
     case = rng.uniform()
-    if case < 0.5:
+    if case < returns:
         leave = int(rng.integers(1, chunks - 1))
         back = int(rng.integers(leave + 1, chunks))
         index = int(rng.integers(len(world.things)))
         events, focus = [(leave * C, index, "leave"), (back * C, index, "return")], back
-    elif case < 0.75:
+    elif case < returns + (1 - returns) / 2:
         focus, index = int(rng.integers(1, chunks)), int(rng.integers(len(world.things)))
         world.things[index].said = True
         events = [(focus * C, index, "unsay")]

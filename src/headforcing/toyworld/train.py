@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import threads
 from ..models.specs import build_transformer
 from ..models.toy import TOY, build_word_encoder, checkpoint_info, load_toy, save_toy
 from .memory import training_clip
@@ -97,17 +98,18 @@ def sample_sigmas(rng: np.random.Generator, n: int, shift: float = 8.0) -> np.nd
 CAPTIONS = 3  # caption slots per clip: a clip's caption may change at up to two chunk starts
 
 
-def make_batch(step: int, batch: int, seed: int, words, size: int, device: str = "cpu", memory_share: float = 0.0):
+def make_batch(step: int, batch: int, seed: int, words, size: int, device: str = "cpu", memory_share: float = 0.0,
+               return_share: float = 0.5):
     """Clips [B, 21, 3, H, W] in [-1, 1], per-chunk sigma [B, 7] (0 = clean), the caption words (ids
     [3B, L], lengths [3B]: each clip's captions, the last repeated) and the per-token caption mask
-    [B, 1, S, 3 L], on `device`. A `memory_share` of the clips are memory cases (memory.training_clip)."""
+    [B, 1, S, 3 L], on `device`. A `memory_share` of the clips are memory cases (memory.training_clip), `return_share` of those an object that leaves and returns."""
     rng = np.random.default_rng([seed, step])
     frames, sigmas, captions, caption_of_chunk = [], [], [], []
     C = TOY.chunk_frames
     for i in range(batch):
         focus = None
         if memory_share and rng.uniform() < memory_share:
-            clip, cues, focus = training_clip(rng, TOY.trained_frames, size)
+            clip, cues, focus = training_clip(rng, TOY.trained_frames, size, return_share)
         else:
             change_chunk = int(rng.integers(1, CHUNKS)) if rng.uniform() < 0.2 else CHUNKS
             clip, _, cues = generate(int(rng.integers(2**31)), TOY.trained_frames, size,
@@ -145,6 +147,28 @@ def noised(x0, eps, sigma, jitter, context_timestep: float):
     return (1 - s) * x0 + s * eps, told, per_frame(~clean).float()
 
 
+@torch.no_grad()
+def own_drawing(model, x0, sigma, context, gen: torch.Generator, share: float, tokens: int):
+    """Clips x0 [B, 21, 3, H, W] whose clean context chunks (sigma 0) are, for a `share` of the clips, the
+    model's own one-step drawing of them from noise of a level drawn in 0.3..0.7 (block-causal, so each chunk
+    is drawn from the noised chunks up to it): the colours stay the world's, the shapes and edges become the
+    model's. Self Forcing's lesson (condition on what the model makes) at one extra forward without grad."""
+    B = x0.shape[0]
+    pick = (torch.rand(B, generator=gen) < share).to(x0.device)  # [B]
+    if not pick.any():
+        return x0
+    level = (0.3 + 0.4 * torch.rand(B, generator=gen)).to(x0.device)[:, None, None, None, None]  # [B, 1, 1, 1, 1]
+    eps = torch.randn(x0.shape, generator=gen).to(x0.device)
+    xs = (1 - level) * x0 + level * eps
+    timestep = (level.flatten() * 1000)[:, None].expand(B, x0.shape[1] * tokens)  # [B, S]
+    v = model(hidden_states=xs.permute(0, 2, 1, 3, 4), timestep=timestep, encoder_hidden_states=context,
+              return_dict=False)[0].permute(0, 2, 1, 3, 4)
+    drawn = (xs - level * v).clamp(-1, 1)  # [B, 21, 3, H, W]
+    use = pick[:, None] & (sigma == 0)  # [B, 7]: the context chunks of the picked clips
+    use = use.repeat_interleave(TOY.chunk_frames, dim=1)[:, :, None, None, None]
+    return torch.where(use, drawn, x0)
+
+
 def learning_rate(step: int, first: int, last: int, lr: float, warmup: int, cooldown: int) -> float:
     """Linear warm-up over `warmup` steps from `first`, constant, then a linear fall to 0 over the last
     `cooldown` steps before `last` (none when 0)."""
@@ -154,7 +178,8 @@ def learning_rate(step: int, first: int, last: int, lr: float, warmup: int, cool
 def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3, warmup: int = 200,
           ema_decay: float = 0.999, save_every: int = 500, log=print, device: str = "cpu",
           resume: str | None = None, cooldown: int = 0, memory_share: float = 0.0, trainable: str = "all",
-          context_timestep: float = 0.0, context_jitter: float = 0.0) -> Path:
+          context_timestep: float = 0.0, context_jitter: float = 0.0, own_context: float = 0.0,
+          return_share: float = 0.5) -> Path:
     """Train to step `steps`. `resume`: a checkpoint of this function; its EMA weights start both the model and
     the average, the steps go on from its step with the same data, the optimiser's moments start afresh (so
     warm-up is run again). `cooldown`: the learning rate falls linearly to 0 over the last `cooldown` steps.
@@ -163,9 +188,11 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
     block's cross-attention); the rest stays as it is. `context_timestep`: the timestep the clean context
     chunks are given (0; the toy schedule's commit pass tells the model 50); `context_jitter`: the context's
     pixels get noise of a level drawn per clip from 0..context_jitter, so that copying from a context that is
-    not exact (the model's own frames, when it samples) is learned."""
+    not exact (the model's own frames, when it samples) is learned. `return_share`: of the memory clips, the share where an object leaves and returns. `own_context`: the share of clips whose
+    context is the model's own drawing of it (`own_drawing`), so that copying from what it draws is learned."""
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
+    threads.fit(TOY.name, device)
     size = TOY.size[0]
     first, before = 1, {}
     if resume is None:
@@ -188,7 +215,7 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
     out_dir.mkdir(parents=True, exist_ok=True)
     start, losses = time.perf_counter(), []
     for step in range(first, steps + 1):
-        x0, sigma, (ids, lengths), text_mask = make_batch(step, batch, seed, words, size, device, memory_share)
+        x0, sigma, (ids, lengths), text_mask = make_batch(step, batch, seed, words, size, device, memory_share, return_share)
         holder["cross"] = text_mask
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         eps = torch.randn(x0.shape, generator=gen).to(device)  # drawn on the CPU: the same noise on any device
@@ -219,7 +246,7 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
                 steps=step, batch=batch, seed=seed, lr=lr, warmup=warmup, ema_decay=ema_decay,
                 minutes=round(before.get("minutes", 0) + (time.perf_counter() - start) / 60, 1),
                 loss=float(np.mean(losses[-50:])), cooldown=cooldown, memory_share=memory_share, trainable=trainable,
-                context_timestep=context_timestep, context_jitter=context_jitter, resumed_at=before.get("resumed_at", []) + ([first] if resume else []),
+                context_timestep=context_timestep, context_jitter=context_jitter, own_context=own_context, return_share=return_share, resumed_at=before.get("resumed_at", []) + ([first] if resume else []),
                 machine=f"{platform.machine()} {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}, device {device}",
                 torch=torch.__version__, config=TOY.transformer, text_len=TOY.text_len))
     return out_dir / f"step{steps:06d}.safetensors"
