@@ -5,7 +5,7 @@ generate` runs in a fresh process, first on an idle machine, then with a child p
 beside it (started before and stopped after each run). FPS is generate's own (frames / generation time,
 loading excluded). Runs alternate between settings so that drift of the machine hits them alike.
 
-    python scripts/threads_bench.py [--seconds 30] [--tiny-seconds 6] [--repeats 2] [--out docs/threads.json]
+    python scripts/threads_bench.py [--seconds 30] [--tiny-seconds 6] [--repeats 2] [--out threads.json]
 """
 
 from __future__ import annotations

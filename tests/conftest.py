@@ -9,7 +9,9 @@ from headforcing.cache.headwise import HeadwiseCache
 from headforcing.models.specs import TINY, build_transformer
 from headforcing.engine.sampler import ChunkSampler, SeededNoise
 
-torch.set_num_threads(2)
+from headforcing import threads  # noqa: E402
+
+threads.fit("tiny", "cpu")  # the tests' models are small: 2 threads, or 1 when another process holds a core
 diffusers_logging.set_verbosity_error()  # the oracle casts the whole tiny model to float64 on purpose
 
 ROOT = Path(__file__).resolve().parents[1]

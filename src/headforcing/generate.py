@@ -17,6 +17,7 @@ from .cache.policy import DEFAULT_RULE
 from .engine.pipeline import load, model_spec, peak_memory
 from .engine.session import SessionOptions, check_options
 from .engine.timeline import Cue, check_timeline, latent_frames_for, schedule
+from .engine.files import check_output
 from .engine.video import Mp4Writer, check_writable, read_clip, read_image
 from . import signals
 from .errors import RunError, UsageError
@@ -145,8 +146,8 @@ def plan(request: Request) -> Plan:
         )
     if request.out is not None:
         check_writable(request.out)
-    if request.trace is not None and not Path(request.trace).resolve().parent.is_dir():
-        raise UsageError(f"--trace folder {Path(request.trace).parent} does not exist")
+    if request.trace is not None:
+        check_output(request.trace, "--trace")
     return Plan(spec, options, latent_frames, schedule(cues, num_chunks, C, spec.fps, spec.vae_stride[0]), init)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from ..errors import UsageError
@@ -25,3 +26,28 @@ def read_text(path, what: str) -> str:
         raise UsageError(f"cannot read {what} {path}: {e.strerror}") from None
     except UnicodeDecodeError:
         raise UsageError(f"{what} {path} is not UTF-8 text") from None
+
+
+def check_output(path, what: str, suffix: str | None = None) -> Path:
+    """Fail early (before any model loads) if `what` cannot be written at `path`: a wrong suffix, a folder, a
+    device or other non-regular file (/dev/full), a missing or unwritable folder. The only reliable test of a
+    folder (permissions, read-only mounts, root) is to create a file there."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise UsageError(f"{what} must be a {suffix} file, got {path}")
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a directory")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{what} {path} is not a regular file")
+    if not parent.is_dir():
+        raise UsageError(f"{what} folder {parent} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(suffix=".probe", prefix=".probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"{what} {path} is not writable: {e.strerror}") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{what} {path} is not writable")
+    return path

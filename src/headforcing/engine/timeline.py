@@ -78,9 +78,14 @@ def schedule(cues: list[Cue], num_chunks: int, chunk_frames: int, fps: int, stri
     return applied
 
 
+MAX_SECONDS = 1e7  # past this a count of frames stops being a number anyone means
+
+
 def latent_frames_for(seconds: float, fps: int, chunk: int, stride: int = 4) -> int:
     """Latent frames (a whole number of chunks) whose stride(N-1)+1 video frames cover `seconds`."""
     if not isinstance(seconds, (int, float)) or not seconds > 0 or not math.isfinite(seconds):
         raise UsageError(f"--seconds must be a positive number, got {seconds}")
+    if seconds > MAX_SECONDS:
+        raise UsageError(f"--seconds must be at most {MAX_SECONDS:g} (116 days), got {seconds:g}")
     n = math.ceil((seconds * fps + stride - 1) / stride)
     return chunk * math.ceil(n / chunk)

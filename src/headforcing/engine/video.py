@@ -10,28 +10,12 @@ import av
 import numpy as np
 
 from ..errors import UsageError
-from .files import publish
+from .files import check_output, publish
 
 
 def check_writable(path: str | Path) -> Path:
     """Fail early (before any work) if the mp4 cannot be written there."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.suffix.lower() != ".mp4":
-        raise UsageError(f"output must be an .mp4 file, got {path}")
-    if path.is_dir():
-        raise UsageError(f"output {path} is a directory")
-    if not parent.is_dir():
-        raise UsageError(f"output folder {parent} does not exist")
-    try:  # the only reliable test (permissions, read-only mounts, root) is to create a file there
-        fd, probe = tempfile.mkstemp(suffix=".mp4", prefix=".probe-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UsageError(f"output {path} is not writable: {e.strerror}") from None
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UsageError(f"output {path} is not writable")
-    return path
+    return check_output(path, "output", ".mp4")
 
 
 class Mp4Writer:

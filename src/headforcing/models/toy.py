@@ -30,6 +30,7 @@ PALETTE = {
 }
 SHAPES = ("circle", "square", "triangle")
 WORDS = ["a", "and", ",", "bounce", "bounces", "on", "background", *PALETTE, *SHAPES]
+ALIASES = {"an": "a"}  # read as the grammar's word ("an orange circle")
 VOCAB = ["<pad>", "<unk>", *WORDS]
 
 WEIGHTS = "toy.safetensors"  # in headforcing/weights/, with toy.json (how it was trained)
@@ -38,7 +39,7 @@ PACKAGED = {"memory": "toy-memory.safetensors"}  # --toy-weights memory: the fin
 
 def tokenize(prompt: str, text_len: int) -> tuple[list[int], list[str]]:
     """Word ids (unknown words -> <unk>), truncated to text_len; and the unknown words."""
-    words = prompt.lower().replace(",", " , ").split()[:text_len]
+    words = [ALIASES.get(w, w) for w in prompt.lower().replace(",", " , ").split()[:text_len]]
     index = {w: i for i, w in enumerate(VOCAB)}
     return [index.get(w, 1) for w in words], [w for w in words if w not in index]
 
@@ -81,7 +82,9 @@ class ToyTextEncoder:
 
     @torch.no_grad()
     def __call__(self, prompt: str) -> torch.Tensor:
-        _, unknown = tokenize(prompt, self.words.text_len)
+        ids, unknown = tokenize(prompt, self.words.text_len)
+        if all(i == 1 for i in ids):  # nothing it can read: its video would be noise
+            raise UsageError(f"the toy model knows none of the words of {prompt[:60]!r}; it reads only: {' '.join(WORDS)}")
         if unknown:
             print(f"note: the toy model knows only its grammar's words; ignoring {', '.join(sorted(set(unknown)))}")
         return self.words(*self.words.batch([prompt]))

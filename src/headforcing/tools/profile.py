@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..engine.files import check_output, read_text
 from ..errors import UsageError
-from ..engine.files import read_text
 from ..engine.pipeline import Pipeline, load
 from ..cache.profiler import HeadProfiler, classify, heads_file, plot
 
@@ -46,9 +46,8 @@ def run_profile(pipe: Pipeline, prompts: list[str], queries: int, chunks: int = 
 
 
 def profile(args, load_args: dict, session_args: dict) -> Path:
-    out = Path(args.out)
-    if out.suffix != ".json":
-        raise UsageError(f"--out must be a .json file, got {out}")
+    out = check_output(args.out, "--out", ".json")  # before the ~minute of profiling
+    check_output(out.with_suffix(".png"), "--out's plot")
     if args.source:
         try:
             data = json.loads(Path(args.source).read_text())
