@@ -123,3 +123,48 @@ def test_state_metadata(saved_state, tmp_path, data):
     session = accepted_or_usage_error(pipe.resume, str(path))
     if session is not None:
         assert isinstance(session.step().latents, torch.Tensor)
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@FAST
+@given(st.integers(1, 3000), json_values)
+def test_json_files_of_any_depth_and_type(tmp_path, depth, value):
+    """Deep nesting and wrong types: a timeline, a HeadMap, statistics and a prompt list each refuse in one line
+    (a RecursionError, a coerced prompt or a bool start time would be a bug)."""
+    from headforcing.batch import read_entries
+    from headforcing.engine.files import read_json
+
+    for text in (nested(depth), json.dumps(value), json.dumps({"start": value, "prompt": "a red circle"}),
+                 json.dumps({"start": 0, "prompt": value})):
+        path = tmp_path / "x.json"
+        path.write_text(text)
+        cues = accepted_or_usage_error(read_timeline, path)
+        assert cues is None or all(isinstance(c.prompt, str) and c.prompt.strip() and type(c.start) is float for c in cues)
+        accepted_or_usage_error(read_json, path, "statistics")
+        accepted_or_usage_error(HeadMap.load, path)
+        entries = accepted_or_usage_error(read_entries, str(path))
+        for entry in entries or []:
+            assert entry.error or isinstance(entry.prompt, str) or all(isinstance(c.prompt, str) for c in entry.prompt)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"start": 0, "prompt": 42}', "expected"), ('{"start": 0, "prompt": null}', "expected"),
+    ('{"start": 0, "prompt": ["a red circle"]}', "expected"), ('{"start": true, "prompt": "a red circle"}', "expected"),
+    ('{"start": -1, "prompt": "a red circle"}', "expected"), ('{"start": "1", "prompt": "a red circle"}', "expected"),
+    ("[" * 100_000, "nests too deeply"),
+])
+def test_timeline_values_are_typed_not_coerced(tmp_path, line, message):
+    path = tmp_path / "t.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(UsageError, match=message):
+        read_timeline(path)
+
+
+def test_an_endless_file_is_refused_unread():
+    from headforcing.engine.files import read_text
+
+    with pytest.raises(UsageError, match="larger than 16 MiB"):
+        read_text("/dev/zero", "timeline")

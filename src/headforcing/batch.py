@@ -22,8 +22,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .engine.files import read_text
-from .engine.timeline import Cue
+from .engine.files import parse_json, read_text
+from .engine.timeline import Cue, cue_from_json
 from .errors import UsageError
 from .ranks import Group, world
 
@@ -47,10 +47,10 @@ def parse_line(n: int, text: str) -> Entry:
         entry.prompt = text.strip()
         return entry
     try:
-        item = json.loads(text)
+        item = parse_json(text, f"line {n}")
         if not isinstance(item, dict):
             raise ValueError
-    except ValueError:
+    except ValueError:  # (UsageError too: malformed or too deeply nested)
         entry.error = f"line {n}: not a JSON object"
         return entry
     entry.id = str(item.get("id", entry.id))
@@ -61,8 +61,10 @@ def parse_line(n: int, text: str) -> Entry:
         entry.error = f"line {n}: seed must be an integer in 0..2**63-1"
     elif "timeline" in item:
         try:
-            entry.prompt = [Cue(float(c["start"]), str(c["prompt"])) for c in item["timeline"]]
-        except (KeyError, TypeError, ValueError):
+            if not isinstance(item["timeline"], list):
+                raise ValueError
+            entry.prompt = [cue_from_json(c) for c in item["timeline"]]
+        except ValueError:
             entry.error = f"line {n}: timeline must be a list of {{\"start\": seconds, \"prompt\": text}}"
     elif isinstance(item.get("prompt"), str) and item["prompt"].strip():
         entry.prompt = item["prompt"]

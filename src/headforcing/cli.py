@@ -168,6 +168,8 @@ def build_parser() -> Parser:
                     help="context pixels get noise of a level drawn per clip from 0..this (default 0: exact context)")
     tr.add_argument("--own-context", type=float, default=0.0,
                     help="share of clips whose clean context is the model's own one-step drawing of it (default 0)")
+    tr.add_argument("--ema-decay", type=float, default=0.999, help="decay of the weights' moving average that checkpoints "
+                    "keep (default 0.999; lower follows a short fine-tune sooner)")
     tr.add_argument("--return-share", type=float, default=0.5,
                     help="of the memory clips, the share where an object leaves and comes back (default 0.5)")
     te = toy_sub.add_parser("eval", help="generate far past the window per policy; decode the world state; compare with the captions")
@@ -410,6 +412,8 @@ def run_toyworld(args) -> int:
             raise UsageError(f"--memory-share must be 0..1, got {args.memory_share}")
         if not 0 <= args.context_timestep < 1000 or not 0 <= args.context_jitter <= 1:
             raise UsageError(f"--context-timestep must be 0..999 and --context-jitter 0..1, got {args.context_timestep} and {args.context_jitter}")
+        if not 0 <= args.ema_decay < 1:
+            raise UsageError(f"--ema-decay must be in 0..1 (1 excluded), got {args.ema_decay}")
         if not 0 <= args.own_context <= 1 or not 0 <= args.return_share <= 1:
             raise UsageError(f"--own-context and --return-share must be 0..1, got {args.own_context} and {args.return_share}")
         if not 0 <= args.cooldown <= args.steps:
@@ -417,7 +421,7 @@ def run_toyworld(args) -> int:
         done = checkpoint_info(args.resume)["steps"] if args.resume else 0
         if args.steps <= done:
             raise UsageError(f"--steps {args.steps} is not past the {done} steps of --resume {args.resume}")
-        last = train(args.out, args.steps, args.batch, args.seed, args.lr, save_every=args.save_every,
+        last = train(args.out, args.steps, args.batch, args.seed, args.lr, ema_decay=args.ema_decay, save_every=args.save_every,
                      log=lambda m: print(m, flush=True), device=args.device, resume=args.resume,
                      cooldown=args.cooldown, memory_share=args.memory_share, trainable=args.trainable,
                      context_timestep=args.context_timestep, context_jitter=args.context_jitter,

@@ -79,12 +79,6 @@ class HeadMap:
 
     @classmethod
     def load(cls, path: str | Path) -> "HeadMap":
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as e:
-            raise UsageError(f"cannot read HeadMap {path}: {e.strerror}") from None
-        except json.JSONDecodeError as e:
-            raise UsageError(f"HeadMap {path} is not valid JSON: {e.msg} at line {e.lineno}") from None
-        except UnicodeDecodeError:
-            raise UsageError(f"HeadMap {path} is not UTF-8 text") from None
-        return cls.from_json(data)
+        from ..engine.files import read_json
+
+        return cls.from_json(read_json(path, "HeadMap"))

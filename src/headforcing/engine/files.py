@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -18,14 +19,38 @@ def publish(tmp: str, target) -> None:
     os.replace(tmp, target)
 
 
-def read_text(path, what: str) -> str:
-    """A user's UTF-8 text file (a timeline, a prompt list); UsageError naming `what` if it cannot be read."""
+MAX_TEXT = 16 * 2**20  # bytes of a user's text file (a timeline, a prompt list, a HeadMap): more is refused unread
+
+
+def read_text(path, what: str, limit: int = MAX_TEXT) -> str:
+    """A user's UTF-8 text file (a timeline, a prompt list); UsageError naming `what` if it cannot be read or
+    is larger than `limit` bytes (read no further: /dev/zero ends at once)."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
     except OSError as e:
         raise UsageError(f"cannot read {what} {path}: {e.strerror}") from None
+    if len(data) > limit:
+        raise UsageError(f"{what} {path} is larger than {limit // 2**20} MiB")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"{what} {path} is not UTF-8 text") from None
+
+
+def parse_json(text: str, what: str):
+    """JSON text -> Python values; UsageError naming `what` for malformed or too deeply nested JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{what} is not valid JSON: {e.msg} at line {e.lineno}") from None
+    except RecursionError:
+        raise UsageError(f"{what} nests too deeply") from None
+
+
+def read_json(path, what: str):
+    """A user's JSON file, bounded and checked (read_text, then parse_json)."""
+    return parse_json(read_text(path, what), f"{what} {path}")
 
 
 def check_output(path, what: str, suffix: str | None = None) -> Path:

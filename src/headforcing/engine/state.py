@@ -26,7 +26,7 @@ from ..cache.episodic import ACTIONS, EMPTY, EpisodicConfig
 from ..cache.headmap import HeadMap
 from ..errors import UsageError
 from .decode import StreamingVaeDecoder
-from .files import publish
+from .files import parse_json, publish
 
 FORMAT = "headforcing-session"
 VERSION = 1
@@ -133,9 +133,9 @@ def read_state(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     except Exception as e:  # safetensors raises its own error types for a truncated or garbled header/body
         raise UsageError(f"{path} is not a session state: not a readable safetensors file ({type(e).__name__})") from None
     try:
-        meta = json.loads(header["headforcing"])
+        meta = parse_json(header["headforcing"], "session metadata")
         assert isinstance(meta, dict) and meta.get("format") == FORMAT
-    except (KeyError, ValueError, AssertionError):
+    except (KeyError, ValueError, AssertionError):  # (ValueError: UsageError of malformed or too deep JSON too)
         raise UsageError(f"{path} is not a headforcing session state (no session metadata)") from None
     if meta.get("version") != VERSION:
         raise UsageError(f"{path} is a session state of format version {meta.get('version')}; this headforcing reads version {VERSION}")

@@ -3,7 +3,6 @@ after its requested time (a chunk's time is that of its first output frame)."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..models.specs import first_video_frame
-from .files import read_text
+from .files import parse_json, read_text
 
 
 @dataclass(frozen=True)
@@ -31,16 +30,29 @@ def parse_prompt_arg(text: str) -> Cue:
     return Cue(float(tail), prompt)
 
 
+def cue_from_json(item) -> Cue:
+    """{"start": seconds >= 0 (a number), "prompt": non-empty text} -> Cue; ValueError otherwise (no coercion:
+    42, null, true or a list are not prompts, and true is not a time)."""
+    if not isinstance(item, dict) or set(item) - {"start", "prompt"} or "prompt" not in item or "start" not in item:
+        raise ValueError
+    start, prompt = item["start"], item["prompt"]
+    if not isinstance(start, (int, float)) or isinstance(start, bool) or not 0 <= start < math.inf:
+        raise ValueError
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError
+    return Cue(float(start), prompt)
+
+
 def read_timeline(path: str | Path) -> list[Cue]:
     """JSONL lines {"start": seconds, "prompt": text}."""
     lines = [line for line in read_text(path, "timeline").splitlines() if line.strip()]
     cues = []
     for n, line in enumerate(lines, 1):
+        item = parse_json(line, f"timeline {path} line {n}")
         try:
-            item = json.loads(line)
-            cues.append(Cue(float(item["start"]), str(item["prompt"])))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise UsageError(f"timeline {path} line {n}: expected {{\"start\": seconds, \"prompt\": text}}") from None
+            cues.append(cue_from_json(item))
+        except ValueError:
+            raise UsageError(f"timeline {path} line {n}: expected {{\"start\": seconds >= 0, \"prompt\": text}}") from None
     return cues
 
 

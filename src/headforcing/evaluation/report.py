@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.files import publish
+from ..engine.files import parse_json, publish, read_text
+from ..engine.timeline import cue_from_json
 from ..errors import UsageError
 from ..ranks import Group, world
 from .metrics import SEGMENT_METRICS, analyse, frames_of, open_video
@@ -31,16 +32,16 @@ def parse_seconds(text: str) -> float:
 
 def read_prompt_segments(path: str, duration: float) -> list[dict]:
     """A timeline (generate's .timeline.json, or JSONL of {"start", "prompt"}) -> [{start_s, end_s, prompt}]."""
-    text = Path(path).read_text() if Path(path).exists() else None
-    if text is None:
+    if not Path(path).exists():
         raise UsageError(f"prompt timeline {path} does not exist")
+    text = read_text(path, "prompt timeline")
     try:
-        data = json.loads(text)
-        cues = [(c["start_seconds"], c["prompt"]) for c in data]
-    except (json.JSONDecodeError, TypeError, KeyError):
+        data = parse_json(text, "")
+        cues = [(c.start, c.prompt) for c in (cue_from_json(dict(start=c["start_seconds"], prompt=c["prompt"])) for c in data)]
+    except (TypeError, KeyError, ValueError):
         try:
-            cues = [(float(json.loads(line)["start"]), json.loads(line)["prompt"]) for line in text.splitlines() if line.strip()]
-        except (json.JSONDecodeError, TypeError, KeyError, ValueError):
+            cues = [(c.start, c.prompt) for c in (cue_from_json(parse_json(line, "")) for line in text.splitlines() if line.strip())]
+        except ValueError:
             raise UsageError(f"{path} is neither a .timeline.json nor JSONL of {{\"start\", \"prompt\"}}") from None
     if any(start >= duration for start, _ in cues):
         raise UsageError(f"prompt timeline {path} runs past the end of the {duration:.2f} s video")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..engine.files import check_output, read_text
+from ..engine.files import check_output, read_json, read_text
 from ..errors import UsageError
 from ..engine.pipeline import Pipeline, load
 from ..cache.profiler import HeadProfiler, classify, heads_file, plot
@@ -49,12 +49,9 @@ def profile(args, load_args: dict, session_args: dict) -> Path:
     out = check_output(args.out, "--out", ".json")  # before the ~minute of profiling
     check_output(out.with_suffix(".png"), "--out's plot")
     if args.source:
-        try:
-            data = json.loads(Path(args.source).read_text())
-        except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON
-            raise UsageError(f"cannot read statistics {args.source}: {e}") from None
-        stats = data.get("stats", data)
-        if "denoise" not in stats:
+        data = read_json(args.source, "statistics")
+        stats = data.get("stats", data) if isinstance(data, dict) else None
+        if not isinstance(stats, dict) or "denoise" not in stats:
             raise UsageError(f"{args.source} holds no profile statistics")
     else:
         window = 21 // 3
