@@ -234,3 +234,23 @@ def test_outputs_follow_the_umask(tmp_path):
         os.umask(old)
     files = [out, tmp_path / "report" / "metrics.json", tmp_path / "report" / "segments.csv", tmp_path / "s.state.safetensors"]
     assert all(f.stat().st_mode & 0o777 == 0o644 for f in files), [oct(f.stat().st_mode) for f in files]
+
+
+def test_inspect_knows_the_files_the_project_writes(tmp_path, capsys):
+    """The shipped toy weights, a `toyworld train` checkpoint and a session state are each named and loadable."""
+    from headforcing.engine.pipeline import load
+    from headforcing.models.toy import weights_path
+
+    session = load("toy").session("a red circle bounces on a green background", policy="longlive")
+    session.step()
+    session.save(str(tmp_path / "s.state.safetensors"))
+    for path, says in ((weights_path(None), "a toy-world model checkpoint (139 tensors, 4600 training steps"),
+                       (weights_path("memory"), "a toy-world model checkpoint"),
+                       (tmp_path / "s.state.safetensors", "a headforcing session state (model toy, policy longlive, 1 chunks")):
+        assert main(["inspect", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert says in out and out.endswith("loadable: yes\n"), out
+    broken = tmp_path / "broken.state.safetensors"
+    broken.write_bytes((tmp_path / "s.state.safetensors").read_bytes()[:-64])
+    assert main(["inspect", str(broken)]) == 1
+    assert "loadable: no" in capsys.readouterr().out

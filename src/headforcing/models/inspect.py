@@ -85,12 +85,59 @@ def inspect_state(report: Report, name: str, raw: dict) -> None:
         report.loadable = False
 
 
+def inspect_own(report: Report, path: Path) -> bool:
+    """Files this project writes: a session state (generate's .state.safetensors, Session.save) or a toy-world
+    checkpoint (the shipped weights, `toyworld train`). False for anything else."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt", device="cpu") as f:
+            meta, keys = f.metadata() or {}, list(f.keys())
+    except Exception:  # not readable as safetensors: the general path says why
+        return False
+    if "headforcing" in meta:
+        from ..engine.state import read_state
+
+        try:
+            state, _ = read_state(str(path))
+        except UsageError as e:
+            report.lines.append(f"{path.name}: {e}")
+            report.loadable = False
+            return True
+        options = state.get("options", {})
+        report.lines.append(f"{path.name}: a headforcing session state (model {state['model'].get('name')}, policy "
+                            f"{options.get('policy')}, {state.get('chunk')} chunks, {state.get('frame')} latent frames); "
+                            "continue it with `generate --resume` or Pipeline.resume")
+        return True
+    if keys and all(k.startswith(("transformer.", "words.")) for k in keys):
+        from .toy import checkpoint_info, load_toy
+
+        try:
+            load_toy(str(path))
+        except UsageError as e:
+            report.lines.append(f"{path.name}: looks like a toy-world checkpoint but does not load ({e})")
+            report.loadable = False
+            return True
+        try:
+            info = checkpoint_info(str(path))
+            trained = f", {info.get('steps')} training steps, {info.get('minutes')} min"
+        except UsageError:
+            trained = ""
+        report.lines.append(f"{path.name}: a toy-world model checkpoint ({len(keys)} tensors{trained}); use it with "
+                            f"--toy-weights {path}")
+        return True
+    return False
+
+
 def inspect_path(path: str | Path) -> Report:
     path = Path(path)
     report = Report()
     if not path.exists():
         raise missing_local(path, "path")
     if path.is_file():
+        if path.suffix == ".safetensors" and inspect_own(report, path):
+            report.lines.append(f"loadable: {'yes' if report.loadable else 'no'}")
+            return report
         try:
             inspect_state(report, path.name, read_state_dict(path))
         except UsageError as e:
