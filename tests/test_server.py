@@ -108,6 +108,31 @@ def test_bad_messages_get_an_error_and_the_socket_goes_on(server):
         assert receive(ws, "chunk")["stats"]["policy"] == "self-forcing"
 
 
+def test_restart_takes_the_given_prompt_policy_and_seed_and_stop_frees_the_cache(server):
+    with server.socket() as ws:
+        receive(ws, "ready")
+        ws.send(json.dumps(dict(type="start", prompt="a red circle bounces on a green background", policy="headforcing", seed=1)))
+        first = receive(ws, "chunk")["stats"]
+        assert (first["policy"], first["seed"]) == ("headforcing", 1)
+        ws.send(json.dumps(dict(type="restart", prompt="a blue square bounces on a white background", policy="longlive", seed=7)))
+        while True:  # chunks of the old session may still be in flight
+            chunk = receive(ws, "chunk")
+            if chunk["stats"]["policy"] == "longlive":
+                break
+        assert chunk["stats"]["seed"] == 7 and chunk["stats"]["chunk"] == 1
+        assert [c["prompt"] for c in chunk["timeline"]] == ["a blue square bounces on a white background"]
+        ws.send(json.dumps(dict(type="restart")))  # nothing given: the session's own first prompt, policy and seed
+        while (chunk := receive(ws, "chunk"))["stats"]["chunk"] != 1:
+            pass
+        assert (chunk["stats"]["policy"], chunk["stats"]["seed"]) == ("longlive", 7)
+        ws.send(json.dumps(dict(type="stop")))
+        for _ in range(200):
+            if server.stats()["cache_bytes"] == 0:
+                break
+            time.sleep(0.05)
+        assert server.stats()["cache_bytes"] == 0
+
+
 def test_backpressure_waits_for_the_player(server):
     """A client that never reports frames played gets a bounded number of chunks (2 s of video), then none."""
     with server.socket() as ws:
@@ -303,6 +328,20 @@ def test_the_page_in_headless_chromium(tmp_path):
             page.press("#prompt", "Enter")
             assert wait_for_background(page, "red") < 3 * 3 / 4 + 5  # within a few chunks (a chunk plays in 0.75 s)
             assert "red background" in page.inner_text("#timeline") and "cache MiB" in page.inner_text("#stats")
+            page.select_option("#policy", "longlive")  # restart applies the policy, seed and prompt now shown
+            page.fill("#seed", "7")
+            page.fill("#prompt", "a yellow circle bounces on a blue background")
+            page.click("#restart")
+            wait_for_background(page, "blue")
+            for _ in range(100):
+                if "longlive" in page.inner_text("#stats"):
+                    break
+                page.wait_for_timeout(100)
+            stats = page.inner_text("#stats")
+            assert "longlive" in stats and "seed\n7" in stats, stats
+            page.fill("#prompt", "a yellow circle bounces on a red background")
+            page.press("#prompt", "Enter")
+            wait_for_background(page, "red")
             page.click("#save")
             for _ in range(100):
                 if len(downloads) == 2:
@@ -314,7 +353,7 @@ def test_the_page_in_headless_chromium(tmp_path):
                 d.save_as(files[Path(d.suggested_filename).suffix])
             browser.close()
         timeline = json.loads(files[".json"].read_text())
-        assert [c["prompt"] for c in timeline] == ["a yellow circle bounces on a green background", "a yellow circle bounces on a red background"]
+        assert [c["prompt"] for c in timeline] == ["a yellow circle bounces on a blue background", "a yellow circle bounces on a red background"]
         frames = count_frames(files[".mp4"])
         assert frames >= timeline[1]["start_frame"] and frames % 3 == 0
     finally:

@@ -182,7 +182,16 @@ def create_app(pipe, max_sessions: int = 2, token: str | None = None, blend_chun
                 prompt = message.get("prompt")
                 if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > MAX_PROMPT:
                     raise UsageError(f"a prompt is text of 1..{MAX_PROMPT} characters")
-            if kind == "start" or (kind == "prompt" and live.session is None):
+            if kind == "restart":  # with the page's prompt, policy and seed where given, else the session's own
+                if live.session is None:
+                    raise UsageError("nothing to restart: start a session first")
+                message = dict(message, prompt=message.get("prompt") or live.session.history[0]["prompt"],
+                               policy=message.get("policy", live.session.options.policy),
+                               seed=message.get("seed", live.session.options.seed))
+                prompt = message["prompt"]
+                if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > MAX_PROMPT:
+                    raise UsageError(f"a prompt is text of 1..{MAX_PROMPT} characters")
+            if kind in ("start", "restart") or (kind == "prompt" and live.session is None):
                 policy, seed = message.get("policy", "headforcing"), message.get("seed", 0)
                 if policy not in PRESETS or not isinstance(seed, int) or isinstance(seed, bool):
                     raise UsageError(f"policy must be one of {', '.join(PRESETS)} and seed an integer")
@@ -195,11 +204,8 @@ def create_app(pipe, max_sessions: int = 2, token: str | None = None, blend_chun
                 await on_model(live.session.set_prompt, message["prompt"])
             elif kind in ("pause", "resume"):
                 state["paused"] = kind == "pause"
-            elif kind == "restart":
-                if live.session is None:
-                    raise UsageError("nothing to restart: start a session first")
-                first = live.session.history[0]["prompt"]
-                await on_model(live.start, first, live.session.options.policy, live.session.options.seed)
+            elif kind == "stop":
+                await on_model(live.close)  # the cache is freed at once; the page may start again
                 state.update(sent=0, played=0, paused=False)
             elif kind == "played":
                 frames = message.get("frames")

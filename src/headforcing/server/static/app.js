@@ -48,7 +48,7 @@ function showStats(s) {
   shownAt = now; shown = 0;
   const rows = { chunk: s.chunk, "seconds made": s.seconds.toFixed(2), "FPS made": madeFps.toFixed(1), "FPS played": playFps.toFixed(1),
     "cache MiB": s.cache_mib.toFixed(2), "episodic admits / merges / replaces": `${s.episodic.admit} / ${s.episodic.merge} / ${s.episodic.replace}`,
-    policy: s.policy, buffered: queue.length };
+    policy: s.policy, seed: s.seed, buffered: queue.length };
   document.getElementById("stats").innerHTML = Object.entries(rows).map(([k, v]) => `<dt>${k}</dt><dd>${v}</dd>`).join("");
 }
 
@@ -58,8 +58,7 @@ prompt.addEventListener("keydown", (e) => {
   if (e.key !== "Enter" || !prompt.value.trim()) return;
   message.textContent = "";
   if (!running) {
-    send({ type: "start", prompt: prompt.value, policy: document.getElementById("policy").value,
-           seed: parseInt(document.getElementById("seed").value || "0", 10) });
+    send({ type: "start", prompt: prompt.value, ...chosen() });
     running = true; queue.length = 0; played = 0;
   } else {
     send({ type: "prompt", prompt: prompt.value });
@@ -68,5 +67,11 @@ prompt.addEventListener("keydown", (e) => {
 document.getElementById("pause").onclick = (e) => {
   paused = !paused; e.target.textContent = paused ? "resume" : "pause"; send({ type: paused ? "pause" : "resume" });
 };
-document.getElementById("restart").onclick = () => { queue.length = 0; played = 0; send({ type: "restart" }); };
+const chosen = () => ({ policy: document.getElementById("policy").value, seed: parseInt(document.getElementById("seed").value || "0", 10) });
+document.getElementById("restart").onclick = () => {  // a new session with the prompt in the box, the policy and seed chosen
+  queue.length = 0; played = 0; message.textContent = "";
+  if (!running) { if (prompt.value.trim()) { send({ type: "start", prompt: prompt.value, ...chosen() }); running = true; } return; }
+  send({ type: "restart", prompt: prompt.value.trim() ? prompt.value : undefined, ...chosen() });
+};
+document.getElementById("stop").onclick = () => { send({ type: "stop" }); running = false; queue.length = 0; played = 0; };
 document.getElementById("save").onclick = () => send({ type: "save" });
