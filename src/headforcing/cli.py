@@ -138,6 +138,8 @@ def build_parser() -> Parser:
     b.add_argument("--device")
     b.add_argument("--dtype")
     b.add_argument("--out", help="folder for bench.json and bench.md")
+    b.add_argument("--estimate", action="store_true", help="print the memory a run needs (weights, text encoder, cache per "
+                   "preset, activations), computed from the model's spec at 832x480 and 1280x720 (or --size); nothing runs")
     add_compile_arg(b)
     b.add_argument("--gpu-report", metavar="DIR", help="the whole GPU measurement in one go: eager / compiled / CUDA graphs x "
                    "self-forcing, headforcing x 10 s, 60 s at 832x480 (random weights): DIR/bench.json, DIR/BENCHMARKS.md")
@@ -374,6 +376,16 @@ def run_bench(args) -> int:
     from .tools.bench import bench, table
 
     durations = parse_durations(args.seconds)
+    if args.estimate:
+        from .models.specs import get_spec
+        from .tools.estimate import estimate, table as memory_table
+
+        sizes = [args.size] if args.size else [(832, 480), (1280, 720)]
+        dtype = getattr(torch, args.dtype or "bfloat16", None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise UsageError(f"--dtype must be float32 or bfloat16, got {args.dtype!r}")
+        print(memory_table(estimate(get_spec(args.model or "wan2.1-1.3b"), sizes, dtype)), end="")
+        return 0
     if args.gpu_report:
         from .tools.bench import gpu_report
 
