@@ -181,3 +181,14 @@ def test_missing_weights_are_skipped_with_notes(tmp_path):
     embedders, text_embed, notes = load_embedders(tmp_path)
     assert embedders == {} and text_embed is None
     assert any("subject consistency skipped" in n for n in notes) and any("aesthetic quality skipped" in n for n in notes)
+
+
+def test_plot_ranges_keep_small_changes_small():
+    """A luma change 0.4458 -> 0.4445 is under 3% of the plot's height; a 0 -> 1 change fills most of it."""
+    from headforcing.evaluation.report import y_range
+
+    lo, hi = y_range([0.4458, 0.4445])
+    assert (0.4458 - 0.4445) / (hi - lo) < 0.03 and lo < 0.4445 < 0.4458 < hi
+    lo, hi = y_range([0.0, 1.0])
+    assert 1.0 / (hi - lo) > 0.8
+    assert y_range([float("nan")]) == (0.0, 1.0)

@@ -358,7 +358,7 @@ def run_eval(args) -> int:
     for policy, row in metrics.get("policies", {}).items():
         print(f"policy {policy}: {row['videos']} videos, flicker {row['temporal_flickering']:.4f}, "
               f"smoothness (proxy) {row['motion_smoothness_proxy']:.4f}, luma gap {row['gap_luma']:+.4f}")
-    print(f"wrote {args.out}/metrics.json, segments.csv and {len(metrics['segment_metrics'])} plots")
+    print(f"wrote {Path(args.out) / 'metrics.json'}, segments.csv and {len(metrics['segment_metrics'])} plots")
     return 0
 
 

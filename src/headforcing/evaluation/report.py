@@ -30,6 +30,18 @@ def parse_seconds(text: str) -> float:
     return value
 
 
+def y_range(values) -> tuple[float, float]:
+    """A plot's y limits: the values with a margin, and never narrower than a tenth of their size, so that a
+    change in the fourth digit (a luma of 0.4458 -> 0.4445) does not fill the plot like a cliff."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return 0.0, 1.0
+    lo, hi = min(finite), max(finite)
+    span = max(hi - lo, 0.1 * max(abs(lo), abs(hi)), 1e-6)
+    middle = (lo + hi) / 2
+    return middle - 0.6 * span, middle + 0.6 * span
+
+
 def read_prompt_segments(path: str, duration: float) -> list[dict]:
     """A timeline (generate's .timeline.json, or JSONL of {"start", "prompt"}) -> [{start_s, end_s, prompt}]."""
     if not Path(path).exists():
@@ -194,6 +206,7 @@ def write_outputs(out: Path, metrics: dict) -> None:
         for name, report in metrics["videos"].items():
             rows = report["segments"]
             ax.plot([r["start_s"] for r in rows], [r[metric] for r in rows], marker="o", ms=3, label=name)
+        ax.set_ylim(*y_range([r[metric] for report in metrics["videos"].values() for r in report["segments"]]))
         ax.set_xlabel("segment start (s)")
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} over time")
