@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import av
 import numpy as np
@@ -45,13 +46,25 @@ class Run:
         counts = re.findall(rb"(\d+)/\d+ \[", self.err)
         return int(counts[-1]) if counts else 0
 
-    def wait_for(self, frames: int, timeout: float = 120) -> None:
-        end = time.time() + timeout
-        while self.frames_made() < frames:
-            assert self.proc.poll() is None and time.time() < end, self.err[-500:]
+    def wait_for(self, frames: int, stall: float = 900) -> None:
+        """Until `frames` are made: waits on progress, failing only if the run ends or makes nothing for `stall` s."""
+        made, last = -1, time.time()
+        while (now := self.frames_made()) < frames:
+            if now != made:
+                made, last = now, time.time()
+            assert self.proc.poll() is None and time.time() - last < stall, self.err[-500:]
             time.sleep(0.05)
 
-    def finish(self, timeout: float = 120) -> tuple[int, str]:
+    def catches(self, signum: int) -> bool:
+        """Has the process installed its handler for `signum` yet (Linux: /proc/PID/status, SigCgt)?"""
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return False
+        mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        return bool(mask >> (signum - 1) & 1)
+
+    def finish(self, timeout: float = 900) -> tuple[int, str]:
         code = self.proc.wait(timeout)
         self.reader.join(5)
         return code, self.err.decode(errors="replace").split("\r")[-1].strip()
@@ -96,7 +109,9 @@ def test_a_second_signal_stops_at_once(tmp_path):
 
 def test_a_signal_during_start_up_is_one_line_and_no_file(tmp_path):
     run = Run(["generate", "--prompt", "a red circle", "--seconds", "60", "--out", "v.mp4"], tmp_path)
-    time.sleep(1.0)  # importing torch / loading the model
+    while not run.catches(signal.SIGTERM):  # the CLI's handler is in: what follows is start-up (torch, the model)
+        assert run.proc.poll() is None, run.err[-500:]
+        time.sleep(0.002)
     run.proc.send_signal(signal.SIGTERM)
     code, last = run.finish()
     assert code == 143 and last == "headforcing: interrupted", last

@@ -75,10 +75,12 @@ class Summary:
     cache_bytes: int
     timeline: list = field(default_factory=list)
     compile: dict | None = None  # the session's compile counters (Session.stats()["compile"])
+    given: int = 0  # frames of the video that came from --init-video / --init-image (not made, not in the FPS)
 
     def line(self) -> str:
+        made = f"{self.frames - self.given} made + {self.given} given, " if self.given else ""
         return (
-            f"frames {self.frames} ({self.latent_frames} latent), duration {self.duration_s:.2f} s, "
+            f"frames {self.frames} ({made}{self.latent_frames} latent), duration {self.duration_s:.2f} s, "
             f"took {self.seconds:.2f} s, {self.fps:.1f} FPS, peak memory {self.peak_memory_bytes / 2**20:.0f} MiB, "
             f"cache {self.cache_bytes / 2**20:.2f} MiB"
         ) + ("" if self.compile is None else f", compiled {self.compile['compiled_chunks']} of "
@@ -317,4 +319,5 @@ def stream(pipe, session, request: Request, timeline: list[dict], latent_frames:
         cache_bytes=session.cache.nbytes(),
         timeline=shifted,
         compile=session.stats()["compile"],
+        given=clip_frames if writer is not None else 0,
     )

@@ -291,6 +291,15 @@ class Session:
             compile=dict(mode=self.sampler.compiled.mode, **self.sampler.compile_stats) if self.sampler.compiled else None,
         )
 
+    def recording(self, path: str, crf: int = 18):
+        """An H.264 mp4 writer at this session's size and frame rate; the file appears whole when the block ends
+        (`with s.recording("a.mp4") as mp4: mp4.write(s.step().frames)`)."""
+        from .video import Mp4Writer
+
+        if not 0 <= crf <= 51:
+            raise UsageError(f"crf must be 0..51, got {crf}")
+        return Mp4Writer(path, self.width, self.height, self.spec.fps, crf)
+
     def save(self, path: str, run: dict | None = None) -> None:
         """Write this session's whole state to one safetensors file (tensors + JSON metadata, no pickle).
         `run`: JSON-able facts of the run driving it (what `generate --resume` needs), kept with the state."""

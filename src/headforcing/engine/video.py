@@ -40,8 +40,11 @@ class Mp4Writer:
                 self.frames += 1
         return self.frames
 
-    def write(self, frames: np.ndarray) -> None:
-        """frames [N, H, W, 3] uint8."""
+    def write(self, frames) -> None:
+        """frames [N, H, W, 3] uint8, or a chunk's [1, N, H, W, 3] (a NumPy array or a CPU tensor)."""
+        frames = frames.numpy() if hasattr(frames, "numpy") else np.asarray(frames)
+        if frames.ndim == 5:
+            frames = frames[0]
         for frame in frames:
             self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
         self.frames += len(frames)
@@ -89,7 +92,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))[None]
+            return np.array(image.convert("RGB"))[None]  # a writable copy (torch warns on read-only arrays)
     except FileNotFoundError:
         raise UsageError(f"image {path} does not exist") from None
     except (UnidentifiedImageError, OSError):
