@@ -190,6 +190,7 @@ BAD = [
     (["--init-image", "BINARY"], "is not a readable image"),
     (["--init-video", "CLIP16"], "is 16 fps; the model makes 4 fps video"),
     (["--policy", "headforcing-coarse", "--size", "36x36"], "a Coarse segment pools 2x2 tokens; this token grid is 9x9"),
+    (["--init-image", "BIGIMAGE"], "is 5000x4000, larger than 4096x4096"),
 ]
 
 
@@ -202,7 +203,11 @@ def test_bad_input_is_one_line_exit_2_and_no_file(extra, message, tmp_path, caps
 
         with Mp4Writer(tmp_path / "clip16.mp4", 32, 32, 16) as w:
             w.write(np.zeros((9, 32, 32, 3), np.uint8))
-    names = {"RANDOM": "random.bin", "BINARY": "binary.bin", "CLIP16": "clip16.mp4"}
+    if "BIGIMAGE" in extra:  # refused by its header: nothing of it is decoded
+        from PIL import Image
+
+        Image.new("RGB", (5000, 4000)).save(tmp_path / "big.png")
+    names = {"RANDOM": "random.bin", "BINARY": "binary.bin", "CLIP16": "clip16.mp4", "BIGIMAGE": "big.png"}
     extra = [str(tmp_path / names[x]) if x in names else x for x in extra]
     prompt = [] if "--prompt" in extra or "--timeline" in extra else ["--prompt", "a red circle"]
     before = set(tmp_path.iterdir())

@@ -70,6 +70,15 @@ def count_frames(path: str | Path) -> int:
         return sum(1 for _ in container.decode(video=0))
 
 
+MAX_SIDE = 4096  # the largest width x height a session accepts (engine.session.check_options)
+
+
+def check_pixels(width: int, height: int, what: str) -> None:
+    """A clip or image larger than a session accepts is refused from its header, before anything is decoded."""
+    if width * height > MAX_SIDE * MAX_SIDE:
+        raise UsageError(f"{what} is {width}x{height}, larger than {MAX_SIDE}x{MAX_SIDE}")
+
+
 def read_clip(path: str | Path) -> tuple[np.ndarray, float]:
     """Every frame of a video file ([N, H, W, 3] uint8 RGB) and its frame rate; UsageError if unreadable."""
     if not Path(path).is_file():
@@ -77,9 +86,12 @@ def read_clip(path: str | Path) -> tuple[np.ndarray, float]:
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
+            check_pixels(stream.codec_context.width, stream.codec_context.height, f"clip {path}")  # by its header
             fps = float(stream.average_rate or stream.guessed_rate or 0)
             frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    except (av.error.FFmpegError, IndexError, ValueError):
+    except (av.error.FFmpegError, IndexError, ValueError) as e:
+        if isinstance(e, UsageError):
+            raise
         raise UsageError(f"clip {path} is not a readable video") from None
     if not frames:
         raise UsageError(f"clip {path} holds no frame")
@@ -90,9 +102,16 @@ def read_image(path: str | Path) -> np.ndarray:
     """An image file as [1, H, W, 3] uint8 RGB; UsageError if unreadable."""
     from PIL import Image, UnidentifiedImageError
 
+    import warnings
+
     try:
-        with Image.open(path) as image:
-            return np.array(image.convert("RGB"))[None]  # a writable copy (torch warns on read-only arrays)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked below, by the header
+            with Image.open(path) as image:
+                check_pixels(*image.size, f"image {path}")
+                return np.array(image.convert("RGB"))[None]  # a writable copy (torch warns on read-only arrays)
+    except Image.DecompressionBombError:
+        raise UsageError(f"image {path} is larger than {MAX_SIDE}x{MAX_SIDE}") from None
     except FileNotFoundError:
         raise UsageError(f"image {path} does not exist") from None
     except (UnidentifiedImageError, OSError):
