@@ -6,6 +6,7 @@ Only light modules are imported here: `--help` and bad flags answer at once; tor
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -577,6 +578,7 @@ def run_inspect(args) -> int:
 
 def main(argv=None) -> int:
     signals.install()  # Ctrl-C / SIGTERM from here on: one line, exit 130 / 143, no traceback
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)  # its cache-folder note is not ours to print
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past a file-size limit, writes fail (EFBIG) instead of killing us
     try:
         args = build_parser().parse_args(argv)

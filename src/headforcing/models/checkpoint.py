@@ -9,6 +9,7 @@ umT5 mapping to transformers' `UMT5EncoderModel` is written here.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,12 +25,14 @@ def read_pt(path: str | Path) -> dict:
     twin = Path(path).with_suffix(".safetensors")
     hint = f"; {twin} beside it may be the same weights: name it instead" if twin.is_file() else ""
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        with warnings.catch_warnings():  # torch's notes on legacy pickles: a refusal below says what matters, in one line
+            warnings.simplefilter("ignore", UserWarning)
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
     except FileNotFoundError:
         raise UsageError(f"no such file: {path}") from None
     except Exception as e:  # an unsafe pickle, or not a torch file at all
