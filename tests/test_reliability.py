@@ -136,6 +136,40 @@ def test_resume_refuses_what_contradicts_the_state(tmp_path, capsys):
     assert "first part" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
 
 
+def test_a_state_names_its_first_part_by_content_and_its_metadata_by_checksum(tmp_path, capsys):
+    """Another video in the first part's place, an edited prompt in the state, flags a new run refuses, and a
+    state left beside an --out that a later run re-uses: each refused in one line, or removed."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from headforcing.engine.video import Mp4Writer
+
+    run = Run([*RUN, "--out", "part.mp4"], tmp_path)
+    run.wait_for(6)
+    run.proc.send_signal(signal.SIGINT)
+    assert run.finish()[0] == 130
+    state, full = tmp_path / "part.state.safetensors", str(tmp_path / "full.mp4")
+    for extra, message in ((["--crf", "99"], "--crf must be 0..51"), (["--trace", str(tmp_path / "t.jsonl")], "--trace does not go")):
+        assert main(["generate", "--resume", str(state), "--out", full, *extra]) == 2
+        assert message in capsys.readouterr().err
+    with safe_open(str(state), "pt") as f:
+        meta, tensors = json.loads(f.metadata()["headforcing"]), {k: f.get_tensor(k) for k in f.keys()}
+    meta["prompt"] = "a blue circle bounces on a white background"
+    save_file(tensors, str(tmp_path / "edited.state.safetensors"), metadata={"headforcing": json.dumps(meta)})
+    assert main(["generate", "--resume", str(tmp_path / "edited.state.safetensors"), "--out", full]) == 2
+    assert "corrupted or edited" in capsys.readouterr().err
+    frames = [f for f in yuv_frames(tmp_path / "part.mp4")]
+    shutil.copy(state, tmp_path / "kept.state.safetensors")
+    with Mp4Writer(tmp_path / "part.mp4", 32, 32, 4, crf=30) as w:  # the same number of frames, other content
+        w.write(np.zeros((len(frames), 32, 32, 3), np.uint8))
+    assert main(["generate", "--resume", str(tmp_path / "kept.state.safetensors"), "--out", full]) == 2
+    assert "is not the video this state was saved with" in capsys.readouterr().err and not Path(full).exists()
+    assert main(["generate", "--prompt", "a red circle", "--seconds", "2", "--out", str(tmp_path / "part.mp4"), "--quiet"]) == 0
+    assert not state.exists()  # a new run re-using --out removes the stale state beside it
+
+
 def test_resume_of_a_state_not_saved_by_generate(tmp_path, capsys):
     import headforcing
 

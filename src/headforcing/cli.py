@@ -269,7 +269,8 @@ def run_generate(args) -> int:
         given = dict(model_request_args(args), seconds=args.seconds, policy=args.policy, heads=args.heads,
                      init_video=args.init_video, init_image=args.init_image,
                      prompt=prompt_timeline(args) if args.prompt or args.timeline else None,
-                     rule=None if args.rule == DEFAULT_RULE else args.rule, crf=args.crf, compile=args.compile)
+                     rule=None if args.rule == DEFAULT_RULE else args.rule, crf=args.crf, compile=args.compile,
+                     trace=args.trace)
         summary = resume(args.resume, args.out, given, progress=not args.quiet)
         return report_generate(args, summary)
     if args.out is None and not args.latents_only:

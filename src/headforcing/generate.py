@@ -4,6 +4,7 @@ over a prompt timeline, frames streamed into an mp4, in constant memory."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import time
 from contextlib import nullcontext
@@ -201,6 +202,14 @@ def generate(request: Request, progress: bool = True, pipe=None) -> Summary:
     return stream(pipe, session, request, work.timeline, work.latent_frames, progress, init=work.init)
 
 
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 # flags that a resumed run takes from its state, and may only repeat
 FIXED_BY_STATE = ("prompt", "seconds", "policy", "model", "seed", "heads", "rule", "size", "toy_weights", "wan_dir",
                   "checkpoint", "lora", "lora_alpha", "context_noise", "init_video", "init_image", "dtype")
@@ -232,6 +241,12 @@ def resume(state: str, out: str | None, given: dict, progress: bool = True) -> S
         raise UsageError(f"--out {out} is the first part itself; write the whole video to another file")
     if not first.is_file() or count_frames(first) != frames:
         raise UsageError(f"the run's first part {first} is missing or no longer holds its {frames} frames")
+    if file_sha256(first) != run.get("video_sha256"):
+        raise UsageError(f"the run's first part {first} is not the video this state was saved with (another run wrote it)")
+    if given.get("trace") is not None:
+        raise UsageError("--trace does not go with --resume (the first part's decisions were not kept)")
+    if given.get("crf") is not None and not 0 <= given["crf"] <= 51:
+        raise UsageError(f"--crf must be 0..51, got {given['crf']}")
     overrides = {k: given[k] for k in ("device", "text_encoder_device", "crf", "compile") if given.get(k) is not None}
     request = replace(saved, out=out, trace=None, **overrides)
     pipe = load(request.model, **request.load_args())
@@ -294,7 +309,7 @@ def stream(pipe, session, request: Request, timeline: list[dict], latent_frames:
     if stop and request.out is not None:
         state = str(Path(request.out).with_suffix(".state.safetensors"))
         run = dict(request=request_json(request), timeline=timeline, latent_frames=latent_frames, video=str(Path(request.out).resolve()),
-                   frames=writer.frames, clip_frames=clip_frames)
+                   frames=writer.frames, clip_frames=clip_frames, video_sha256=file_sha256(request.out))
         session.save(state, run=run)
         raise signals.Interrupted(stop.signum, f"interrupted: {request.out} holds the {writer.frames} frames made so far; "
                                   f"resume with: headforcing generate --resume {state} --out FULL.mp4")
@@ -307,6 +322,9 @@ def stream(pipe, session, request: Request, timeline: list[dict], latent_frames:
         sidecar.write_text(json.dumps(shifted, indent=1))
     elif sidecar is not None and sidecar.exists():
         sidecar.unlink()  # a previous run's timeline does not describe this video
+    stale = Path(request.out).with_suffix(".state.safetensors") if request.out is not None else None
+    if stale is not None and stale.exists():
+        stale.unlink()  # an earlier interrupted run's state: its first part was this file, now replaced
     frames = writer.frames if writer is not None else session.frame
     return Summary(
         model=spec.name,

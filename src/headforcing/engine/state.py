@@ -29,7 +29,7 @@ from .decode import StreamingVaeDecoder
 from .files import parse_json, publish
 
 FORMAT = "headforcing-session"
-VERSION = 1
+VERSION = 2  # 2: the checksum covers the metadata too
 KINDS = ("denoise", "commit")
 
 
@@ -45,8 +45,10 @@ def model_identity(pipe) -> dict:
                 dtype=str(pipe.dtype).removeprefix("torch."))
 
 
-def digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
+def digest(tensors: dict[str, torch.Tensor], meta: dict) -> str:
+    """sha256 of every tensor (name, dtype, shape, bytes) and of the metadata (canonical JSON, its own sha256
+    left out): an edited prompt or path is caught as surely as a flipped bit."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True).encode())
     for name in sorted(tensors):
         t = tensors[name]
         h.update(f"{name}{t.dtype}{tuple(t.shape)}".encode())
@@ -106,8 +108,9 @@ def save_session(session, path: str, run: dict | None = None) -> None:
         chunk=session.chunk, frame=session.frame, origin=session.origin,
         prompt=session.prompt, pending=session.pending, history=session.history, blend=session.blend,
         episodic_counts=session.episodic_counts, stores=stores, decoder=decoder, profiler=profiler,
-        run=run, sha256=digest(tensors),
+        run=run,
     )
+    meta["sha256"] = digest(tensors, meta)
     target = Path(path)
     if target.suffix != ".safetensors":
         raise UsageError(f"a session state is a .safetensors file, got {path}")
@@ -139,8 +142,8 @@ def read_state(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
         raise UsageError(f"{path} is not a headforcing session state (no session metadata)") from None
     if meta.get("version") != VERSION:
         raise UsageError(f"{path} is a session state of format version {meta.get('version')}; this headforcing reads version {VERSION}")
-    if digest(tensors) != meta.get("sha256"):
-        raise UsageError(f"{path} is corrupted: its tensors do not match the checksum written with them")
+    if digest(tensors, meta) != meta.get("sha256"):
+        raise UsageError(f"{path} is corrupted or edited: its tensors and metadata do not match the checksum written with them")
     return meta, tensors
 
 
