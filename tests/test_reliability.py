@@ -170,6 +170,20 @@ def test_a_state_names_its_first_part_by_content_and_its_metadata_by_checksum(tm
     assert not state.exists()  # a new run re-using --out removes the stale state beside it
 
 
+def test_a_state_that_cannot_be_written_keeps_the_mp4_and_says_so(tmp_path):
+    """Ctrl-C under a 1 MB file-size limit: the mp4 (KBs) is kept and plays, the state (MBs) cannot be written:
+    one line, exit 130, no half-written file."""
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, 2**20))  # noqa: E731
+    run = Run([*RUN, "--out", "part.mp4"], tmp_path, preexec_fn=limit)
+    run.wait_for(6)
+    run.proc.send_signal(signal.SIGINT)
+    code, last = run.finish()
+    assert code == 130 and "Traceback" not in last, last
+    assert last.splitlines()[-1].startswith("headforcing: interrupted: part.mp4 holds the ") and "could not be written" in last
+    assert len(yuv_frames(tmp_path / "part.mp4")) >= 6
+    assert [p.name for p in tmp_path.iterdir()] == ["part.mp4"]
+
+
 def test_resume_of_a_state_not_saved_by_generate(tmp_path, capsys):
     import headforcing
 

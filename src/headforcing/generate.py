@@ -310,7 +310,12 @@ def stream(pipe, session, request: Request, timeline: list[dict], latent_frames:
         state = str(Path(request.out).with_suffix(".state.safetensors"))
         run = dict(request=request_json(request), timeline=timeline, latent_frames=latent_frames, video=str(Path(request.out).resolve()),
                    frames=writer.frames, clip_frames=clip_frames, video_sha256=file_sha256(request.out))
-        session.save(state, run=run)
+        try:
+            session.save(state, run=run)
+        except Exception as e:  # a full disk, a file-size limit: the mp4 stays, the state is not written
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+            raise signals.Interrupted(stop.signum, f"interrupted: {request.out} holds the {writer.frames} frames made "
+                                      f"so far; the state to resume from could not be written ({reason})") from None
         raise signals.Interrupted(stop.signum, f"interrupted: {request.out} holds the {writer.frames} frames made so far; "
                                   f"resume with: headforcing generate --resume {state} --out FULL.mp4")
     if stop:
