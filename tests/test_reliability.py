@@ -322,3 +322,23 @@ def test_inspect_knows_the_files_the_project_writes(tmp_path, capsys):
     broken.write_bytes((tmp_path / "s.state.safetensors").read_bytes()[:-64])
     assert main(["inspect", str(broken)]) == 1
     assert "loadable: no" in capsys.readouterr().out
+
+
+def test_a_run_that_cannot_fit_is_refused_naming_a_size_that_would(tmp_path, capsys, monkeypatch):
+    """Checked before anything is allocated, against the memory the machine says is free (here: 1 GiB)."""
+    import re as regex
+
+    import torch
+
+    from headforcing.models.specs import TOY
+    from headforcing.tools import estimate
+
+    monkeypatch.setattr(estimate, "available_bytes", lambda device: 2**30)
+    assert main(["generate", "--prompt", "a red circle", "--size", "2048x1024", "--seconds", "1", "--out", str(tmp_path / "v.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1.0 GiB are free" in err, err
+    width, height = (int(x) for x in regex.search(r"; (\d+)x(\d+) would fit", err).groups())
+    assert width / height == pytest.approx(2, rel=0.1)
+    assert estimate.run_bytes(TOY, "headforcing", (width, height), torch.float32) <= 2**30
+    assert estimate.run_bytes(TOY, "headforcing", (width + 8, height + 4), torch.float32) > 2**30 * 0.8
+    assert list(tmp_path.iterdir()) == []

@@ -15,7 +15,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .cache.policy import DEFAULT_RULE
-from .engine.pipeline import load, model_spec, peak_memory
+from .engine.pipeline import load, model_spec, peak_memory, pick_device, pick_dtype
+from .tools.estimate import check_fits
 from .engine.session import SessionOptions, check_options
 from .engine.timeline import Cue, check_timeline, latent_frames_for, schedule
 from .engine.files import check_output
@@ -151,6 +152,8 @@ def plan(request: Request) -> Plan:
         check_writable(request.out)
     if request.trace is not None:
         check_output(request.trace, "--trace")
+    device = pick_device(request.device)
+    check_fits(spec, policy.name, options.size or spec.size, pick_dtype(request.dtype, device), device)
     return Plan(spec, options, latent_frames, schedule(cues, num_chunks, C, spec.fps, spec.vae_stride[0]), init)
 
 

@@ -105,3 +105,38 @@ def table(report: dict) -> str:
               "prompt and is offloaded after (`--text-encoder-device cpu` keeps it off the GPU); the VAE's decode "
               "activations are not in the model: measure them with `bench --gpu-report`."]
     return "\n".join(lines) + "\n"
+
+
+def run_bytes(spec: ModelSpec, policy: str, size: tuple[int, int], dtype: torch.dtype) -> int:
+    """What one run holds at once, by this model (DiT and VAE weights, one chunk's activations, the cache); the
+    text encoder is left out (it is moved off after encoding)."""
+    width = torch.finfo(dtype).bits // 8
+    weights = dit_parameters(spec) * width + vae_parameters(spec) * 4
+    return weights + activation_bytes(spec, size, dtype) + (cache_bytes(spec, policy, size, dtype) or 0)
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory a run can still take on `device`: the GPU's free memory, or the machine's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def check_fits(spec: ModelSpec, policy: str, size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> None:
+    """Before anything is allocated: refuse a run that cannot fit, naming the largest size of its shape that would."""
+    free = available_bytes(device)
+    need = run_bytes(spec, policy, size, dtype)
+    if free is None or need <= free:
+        return
+    m = spec.size_multiple
+    scale = (free / need) ** 0.5
+    fit = (max(m, int(size[0] * scale) // m * m), max(m, int(size[1] * scale) // m * m))
+    while (fit[0] > m or fit[1] > m) and run_bytes(spec, policy, fit, dtype) > free:
+        fit = (max(m, fit[0] - m), max(m, fit[1] - m))
+    raise UsageError(f"size {size[0]}x{size[1]} needs about {need / GiB:.1f} GiB on {device.type} (weights, activations, "
+                     f"cache) and {free / GiB:.1f} GiB are free; {fit[0]}x{fit[1]} would fit")
