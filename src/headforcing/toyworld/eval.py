@@ -266,6 +266,26 @@ def gather(done: dict, out_dir: Path, rank: int, size: int, group, to_json=asdic
     return merged
 
 
+def sharded(runs: list, one, out_dir: Path, weights, policy_of, describe, progress=print) -> dict | None:
+    """`one(pipe, run) -> (JSON-able result, kept frames)` for every run, each torchrun rank taking every size-th
+    with one loaded toy model (none when its runs are all "truth"); rank 0 gets {index: (result, frames)} of
+    them all, the other ranks None."""
+    rank, size, _ = world()
+    group = Group(size)
+    try:
+        share = [i for i in range(len(runs)) if i % size == rank]
+        pipe = load("toy", toy_weights=weights) if any(policy_of(runs[i]) != "truth" for i in share) else None
+        done = {}
+        for i in share:
+            done[i] = one(pipe, runs[i])
+            progress(f"{describe(runs[i])} done" + (f" (rank {rank} of {size})" if size > 1 else ""))
+        if size > 1:
+            done = gather(done, out_dir, rank, size, group, to_json=lambda r: r, from_json=lambda r: r)
+    finally:
+        group.close()
+    return done
+
+
 # ---- the memory suite -------------------------------------------------------------------------------------
 def memory_video(pipe: Pipeline | None, policy: str, seconds: float, seed: int, scene: MemoryScene, heads, sampling: dict):
     """(frames one by one, cues as (first frame, caption)): the world's own ("truth") or a session's, its
@@ -347,25 +367,17 @@ def evaluate_memory(policies: list[str], durations: list[float], seeds: int, out
         raise UsageError(f"--seeds must be at least 1 and --first-seed 0 or more, got {seeds} and {first_seed}")
     out_dir = Path(out)
     runs = [(policy, seed) for policy in policies for seed in range(first_seed, first_seed + seeds)]
-    rank, size, _ = world()
-    group = Group(size)
-    try:
-        share = [i for i in range(len(runs)) if i % size == rank]
-        pipe = load("toy", toy_weights=weights) if any(runs[i][0] != "truth" for i in share) else None
-        done = {}
-        for i in share:
-            policy, seed = runs[i]
-            scene = MemoryScene.for_seed(seed, max(durations))
-            keep = sorted({f for d in durations for f in strip_frames(scene, d)}) if seed == first_seed else ()
-            by_duration, kept = run_memory(pipe, policy, durations, seed, heads if policy.startswith("headforcing") else None, sampling, keep)
-            done[i] = ({f"{d:g}": r for d, r in by_duration.items()}, kept)
-            progress(f"memory: {policy} {max(durations):g} s seed {seed} done" + (f" (rank {rank} of {size})" if size > 1 else ""))
-        if size > 1:
-            done = gather(done, out_dir, rank, size, group, to_json=lambda r: r, from_json=lambda r: r)
-            if done is None:
-                return None
-    finally:
-        group.close()
+
+    def one(pipe, run):
+        policy, seed = run
+        scene = MemoryScene.for_seed(seed, max(durations))
+        keep = sorted({f for d in durations for f in strip_frames(scene, d)}) if seed == first_seed else ()
+        by_duration, kept = run_memory(pipe, policy, durations, seed, heads if policy.startswith("headforcing") else None, sampling, keep)
+        return {f"{d:g}": r for d, r in by_duration.items()}, kept
+
+    done = sharded(runs, one, out_dir, weights, lambda run: run[0], lambda run: f"memory: {run[0]} {max(durations):g} s seed {run[1]}", progress)
+    if done is None:
+        return None
     results, strips = [], {}
     for seconds in durations:
         for policy in policies:

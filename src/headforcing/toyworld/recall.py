@@ -29,7 +29,6 @@ frames, all inside the trained window (the ceiling a cache can give this model).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +37,8 @@ import torch
 from ..cache.policy import Policy, Recent, RolePolicy
 from ..errors import UsageError
 from ..models.specs import TOY
-from ..ranks import Group, world as ranks
-from .memory import apply
-from .world import PALETTE, World, decode_state, make_world
+from .memory import MemoryScene, apply
+from .world import PALETTE, decode_state, make_world
 
 GAPS = (5.0, 15.0, 30.0, 60.0, 120.0)  # absences, seconds
 STAY = 10.0  # seconds on screen between absences
@@ -82,10 +80,8 @@ def script(seed: int, seconds: float) -> list[tuple[float, int, str]]:
     return sorted(e for e in events if e[0] < seconds)
 
 
-@dataclass
-class RecallScene:
-    world: World  # as at frame 0
-    events: list[tuple[int, int, str]]  # (frame, object, action), frames at chunk starts
+class RecallScene(MemoryScene):
+    """A memory scene (its world at frame 0, its events at chunk starts) with the recall suite's script."""
 
     @classmethod
     def for_seed(cls, seed: int, seconds: float) -> "RecallScene":
@@ -97,8 +93,7 @@ class RecallScene:
 
     def play(self, n: int):
         """(frame [H, W, 3] uint8, caption in force) for frames 0..n-1, one by one."""
-        world = replace(self.world, things=[replace(t) for t in self.world.things])
-        pending = list(self.events)
+        world, pending = self.copy_world(), list(self.events)
         for f in range(n):
             while pending and pending[0][0] == f:
                 apply(world, *pending.pop(0)[1:])
@@ -247,32 +242,22 @@ def summarise(events: list[dict]) -> dict:
 def evaluate_recall(policies: list[str], seconds: float, seeds: int, out: str, modes=MODES, heads: str | None = None,
                     weights: str | None = None, sampling: dict | None = None, first_seed: int = 0, progress=print) -> dict | None:
     """Per mode x policy x seed a recall scene; recall.json, recall.md and recall.png in `out`."""
-    from ..engine.pipeline import load
-    from .eval import gather
+    from .eval import sharded
 
     if seeds < 1 or first_seed < 0:
         raise UsageError(f"--seeds must be at least 1 and --first-seed 0 or more, got {seeds} and {first_seed}")
     if seconds < 30:
         raise UsageError(f"the recall suite needs videos of 30 s or more (its shortest cycle), got {seconds:g}")
     runs = [(mode, policy, seed) for mode in modes for policy in policies for seed in range(first_seed, first_seed + seeds)]
-    rank, size, _ = ranks()
-    group = Group(size)
     out_dir = Path(out)
-    try:
-        share = [i for i in range(len(runs)) if i % size == rank]
-        pipe = load("toy", toy_weights=weights) if any(runs[i][1] != "truth" for i in share) else None
-        done = {}
-        for i in share:
-            mode, policy, seed = runs[i]
-            mine = heads if policy.startswith("headforcing") else None
-            done[i] = (run(pipe, policy, mode, seed, seconds, mine, sampling), {})
-            progress(f"recall: {mode} {policy} seed {seed} done" + (f" (rank {rank} of {size})" if size > 1 else ""))
-        if size > 1:
-            done = gather(done, out_dir, rank, size, group, to_json=lambda r: r, from_json=lambda r: r)
-            if done is None:
-                return None
-    finally:
-        group.close()
+
+    def one(pipe, r):
+        mode, policy, seed = r
+        return run(pipe, policy, mode, seed, seconds, heads if policy.startswith("headforcing") else None, sampling), {}
+
+    done = sharded(runs, one, out_dir, weights, lambda r: r[1], lambda r: f"recall: {r[0]} {r[1]} seed {r[2]}", progress)
+    if done is None:
+        return None
     results = [dict(mode=mode, policy=policy, recall=summarise([e for i, r in enumerate(runs) if r[:2] == (mode, policy) for e in done[i][0]]))
                for mode in modes for policy in policies]
     report = dict(suite="recall", policies=policies, modes=list(modes), seconds=seconds, seeds=seeds, first_seed=first_seed,
