@@ -334,3 +334,35 @@ def test_text_only_training_changes_only_what_reads_the_caption(tmp_path):
     assert not all(torch.equal(before[n], after[n]) for n in before if reads_text(n))
     assert not all(torch.equal(p, q) for p, q in zip(w0.state_dict().values(), w1.state_dict().values()))
     assert json.loads(text.with_suffix(".json").read_text())["trainable"] == "text"
+
+
+def test_own_drawing_replaces_only_the_context_chunks_of_the_picked_clips():
+    """--own-context: the clean context chunks of a picked clip become the model's one-step drawing of them from
+    noise (close to the truth, not equal); noisy chunks and unpicked clips stay as they are."""
+    from headforcing.models.toy import load_toy
+    from headforcing.toyworld.train import for_training, make_batch, own_drawing
+
+    model, words = load_toy()
+    holder = for_training(model, 3 * 64)
+    x0, sigma, (ids, lengths), mask = make_batch(3, 4, 0, words, 32)
+    sigma[:, :3] = 0.0  # three clean context chunks in every clip
+    holder["cross"] = mask
+    with torch.no_grad():
+        context = torch.cat(words(ids, lengths).split(4), dim=1)
+    gen = torch.Generator().manual_seed(0)
+    same = own_drawing(model, x0, sigma, context, gen, 0.0, 64)
+    assert torch.equal(same, x0)
+    drawn = own_drawing(model, x0, sigma, context, torch.Generator().manual_seed(0), 1.0, 64)
+    clean = (sigma == 0).repeat_interleave(3, dim=1)  # [B, 21]
+    assert torch.equal(drawn[~clean], x0[~clean])
+    change = (drawn[clean] - x0[clean]).abs()
+    assert 0 < change.mean() < 0.3 and drawn.abs().max() <= 1.0
+
+
+def test_return_share_one_makes_every_memory_clip_a_leave_and_return():
+    from headforcing.toyworld.memory import training_clip
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        _, cues, focus = training_clip(rng, 21, 32, returns=1.0)
+        assert focus >= 2 and len(cues) == 3  # a leave and a return: three captions
