@@ -13,7 +13,8 @@ Two modes, both reported:
            under the caption in force (`Session.step(truth)`), the drawing is scored, and the truth goes on
            into the cache. This measures what the cache keeps *and* the model can use, free of drift.
   free     the model's own video (`Session.step()`); a return is scored when the model had drawn the object
-           in its true colour just before it left (otherwise there is nothing to recall).
+           in its true colour just before it left and no longer draws it in the chunk before the return
+           (otherwise there is nothing to recall).
 
 A return is scored on the three frames of the return chunk: the colours drawn there, less the background
 and the colours of the other objects on screen, the one with most pixels is the drawn colour; a hit when it
@@ -170,6 +171,7 @@ def run(pipe, policy: str, mode: str, seed: int, seconds: float, heads=None, sam
         first_caption = scene.world.caption()
         session = pipe.session(first_caption, policy=name, seed=seed, heads=heads, **(sampling or {}))
     recent, seen, caption, out = [], {}, None, []  # the newest frames' latents, each object's last-seen chunk
+    previous = np.zeros((0, TOY.size[0], TOY.size[0], 3), np.uint8)  # the video's frames of the chunk before
     for chunk in range(n // C):
         part = [next(frames) for _ in range(C)]
         truth_frames = np.stack([f for f, _ in part])  # [3, H, W, 3]
@@ -201,7 +203,9 @@ def run(pipe, policy: str, mode: str, seed: int, seconds: float, heads=None, sam
         own = truth if mode == "teacher" or session is None else drawn_latents  # what the video holds now
         made = truth_frames if mode == "teacher" or session is None else drawn
         if event is not None and drawn_colour(truth_frames, background, event["others"]) == event["colour"]:
-            kept = mode == "teacher" or seen.get(event["object"], (None, None))[1]  # (hidden behind others: not scored)
+            # (hidden behind others in the truth: not scored; free-running, only a return the model's own video made:
+            # drawn in its colour before it left, and gone from the chunk before it came back)
+            kept = mode == "teacher" or (seen.get(event["object"], (None, False))[1] and not has(previous, event["colour"]))
             if kept:
                 colour = drawn_colour(drawn, background, event["others"])
                 out.append(dict(who=event["who"], gap=event["gap"], hit=colour == event["colour"], drawn=colour,
@@ -210,7 +214,7 @@ def run(pipe, policy: str, mode: str, seed: int, seconds: float, heads=None, sam
             if any(e[1] == index and e[2] == "leave" and e[0] == (chunk + 1) * C for e in scene.events):
                 seen[index] = (own, mode == "teacher" or session is None or has(made, thing.colour))
         recent = (recent + [own])[-(RECENT // C):] if own is not None else recent
-        side = None
+        side, previous = None, made
     return out
 
 
