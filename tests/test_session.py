@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 import headforcing
 from headforcing.cache.policy import PRESETS
+from headforcing.engine.state import digest
 from headforcing.errors import UsageError
 
 PROMPTS = ("a red circle bounces on a green background", "a blue square bounces on a red background",
@@ -115,11 +116,15 @@ def test_corrupted_truncated_or_foreign_states_are_refused(toy, saved, tmp_path)
     meta, tensors = read(saved)
     future = tmp_path / "future.safetensors"
     save_file(tensors, str(future), metadata={"headforcing": json.dumps({**meta, "version": 99})})
-    changed = tmp_path / "changed.safetensors"
+    changed = tmp_path / "changed.safetensors"  # written by a headforcing whose preset was defined otherwise
     policy = {**meta["policy"], "memory": {**meta["policy"]["memory"], "on_switch": "keep"}}
-    save_file(tensors, str(changed), metadata={"headforcing": json.dumps({**meta, "policy": policy})})
+    other = {**meta, "policy": policy}
+    save_file(tensors, str(changed), metadata={"headforcing": json.dumps({**other, "sha256": digest(tensors, other)})})
+    edited = tmp_path / "edited.safetensors"  # the same change made by hand: the checksum covers the metadata
+    save_file(tensors, str(edited), metadata={"headforcing": json.dumps(other)})
     cases = [(truncated, "not a readable safetensors"), (flipped, "corrupted"), (foreign, "not a headforcing session state"),
              (garbage, "not a readable safetensors"), (future, "version 99"), (changed, "another definition of policy"),
+             (edited, "corrupted or edited"),
              (tmp_path / "missing.safetensors", "does not exist")]
     for path, message in cases:
         with pytest.raises(UsageError, match=message):

@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from . import __version__, signals, threads
+from . import __version__, signals
 from .cache.policy import DEFAULT_RULE, PRESETS
 from .engine.compiled import MODES as COMPILE_MODES
 from .errors import RunError, UsageError
@@ -586,6 +586,8 @@ def main(argv=None) -> int:
         if getattr(args, "threads", None) is not None:
             if not 1 <= args.threads <= 1024:
                 raise UsageError(f"--threads must be 1..1024, got {args.threads}")
+            from . import threads  # (torch: not before a command needs it, so --help stays fast)
+
             threads.use(args.threads)
         commands = {
             "generate": run_generate,
