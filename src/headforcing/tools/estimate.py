@@ -107,11 +107,15 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_bytes(spec: ModelSpec, policy: str, size: tuple[int, int], dtype: torch.dtype) -> int:
+def weight_bytes(spec: ModelSpec, dtype: torch.dtype) -> int:
+    """The DiT's weights in `dtype` and the VAE's in float32."""
+    return dit_parameters(spec) * (torch.finfo(dtype).bits // 8) + vae_parameters(spec) * 4
+
+
+def run_bytes(spec: ModelSpec, policy: str, size: tuple[int, int], dtype: torch.dtype, weights: int | None = None) -> int:
     """What one run holds at once, by this model (DiT and VAE weights, one chunk's activations, the cache); the
-    text encoder is left out (it is moved off after encoding)."""
-    width = torch.finfo(dtype).bits // 8
-    weights = dit_parameters(spec) * width + vae_parameters(spec) * 4
+    text encoder is left out (it is moved off after encoding). `weights`: weight_bytes, when already known."""
+    weights = weight_bytes(spec, dtype) if weights is None else weights
     return weights + activation_bytes(spec, size, dtype) + (cache_bytes(spec, policy, size, dtype) or 0)
 
 
@@ -130,13 +134,14 @@ def available_bytes(device: torch.device) -> int | None:
 def check_fits(spec: ModelSpec, policy: str, size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> None:
     """Before anything is allocated: refuse a run that cannot fit, naming the largest size of its shape that would."""
     free = available_bytes(device)
-    need = run_bytes(spec, policy, size, dtype)
+    weights = weight_bytes(spec, dtype)  # the same at every size: counted once, not in the search below
+    need = run_bytes(spec, policy, size, dtype, weights)
     if free is None or need <= free:
         return
     m = spec.size_multiple
     scale = (free / need) ** 0.5
     fit = (max(m, int(size[0] * scale) // m * m), max(m, int(size[1] * scale) // m * m))
-    while (fit[0] > m or fit[1] > m) and run_bytes(spec, policy, fit, dtype) > free:
+    while (fit[0] > m or fit[1] > m) and run_bytes(spec, policy, fit, dtype, weights) > free:
         fit = (max(m, fit[0] - m), max(m, fit[1] - m))
     raise UsageError(f"size {size[0]}x{size[1]} needs about {need / GiB:.1f} GiB on {device.type} (weights, activations, "
                      f"cache) and {free / GiB:.1f} GiB are free; {fit[0]}x{fit[1]} would fit")

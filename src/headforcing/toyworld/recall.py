@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cache.policy import Policy, Recent, RolePolicy
+from ..cache.policy import Policy, window_policy
 from ..errors import UsageError
 from ..models.specs import TOY
 from .memory import MemoryScene, apply
@@ -51,14 +51,10 @@ C = TOY.chunk_frames
 RECENT = TOY.trained_frames - 2 * C  # 15: the oracle's recent frames, after the returner's last-seen chunk
 
 
-def window_policy() -> Policy:
-    """The floor: the newest 18 frames (+ the chunk), compact positions, no memory."""
-    return Policy("window", {"all": RolePolicy((Recent(TOY.trained_frames - C),), "compact")})
-
-
-def oracle_context() -> Policy:
-    """The oracle's side cache at a return: every frame it is given (18, inside the window), compact."""
-    return Policy("oracle", {"all": RolePolicy((Recent(TOY.trained_frames - C),), "compact")})
+def reference_window(name: str) -> Policy:
+    """The references' cache: the newest 18 frames (+ the chunk), compact positions, no memory (`window`, the
+    floor; and the oracle's side context at a return, 18 given frames inside the trained window)."""
+    return window_policy(name, TOY.trained_frames, 0, C, "compact")
 
 
 # ---- the scene ---------------------------------------------------------------------------------------------
@@ -167,7 +163,7 @@ def run(pipe, policy: str, mode: str, seed: int, seconds: float, heads=None, sam
     frames = scene.play(n)
     session = side = None
     if policy != "truth":
-        name = window_policy() if policy in REFERENCES else policy
+        name = reference_window("window") if policy in REFERENCES else policy
         first_caption = scene.world.caption()
         session = pipe.session(first_caption, policy=name, seed=seed, heads=heads, **(sampling or {}))
     recent, seen, caption, out = [], {}, None, []  # the newest frames' latents, each object's last-seen chunk
@@ -222,7 +218,7 @@ def oracle_draw(pipe, seed: int, chunk: int, caption: str, recent: list, last_se
     """The oracle at a return: a fresh window holding the returner's last-seen chunk and the newest 15 frames
     (18 frames, compact positions), then the return chunk drawn. (latents [1, 3, ...], frames [3, H, W, 3])."""
     parts = ([last_seen[0]] if last_seen is not None else []) + recent
-    side = pipe.session(caption, policy=oracle_context(), seed=seed * 100_003 + chunk, **(sampling or {}))
+    side = pipe.session(caption, policy=reference_window("oracle"), seed=seed * 100_003 + chunk, **(sampling or {}))
     side.start_from(torch.cat(parts, dim=1))
     got = side.step()
     return got.latents.cpu(), got.frames[0].numpy()
