@@ -100,7 +100,29 @@ class OracleCache:
         finally:
             self.committing = False
 
-    def view(self, layer: int, head: int) -> tuple[list, list[int]]:
+    def archived(self, layer: int, head: int) -> list[int]:
+        """The frames in a Retrieved role's archive before this chunk: the last `archive` of those that left
+        `recent` whose index is a multiple of `every`."""
+        role = self.policy.roles[self.headmap.roles[layer][head]]
+        seg = role.retrieval
+        kept = kept_frames(role, self.first_frame)
+        left = [f for f in range(role.sink, self.first_frame) if f not in kept and f % seg.every == 0]
+        return left[-seg.archive :]
+
+    def retrieve(self, layer: int, head: int, b: int, q_mean: torch.Tensor) -> list[int]:
+        """The k archived frames whose mean key is most cosine-similar to the chunk's mean query (before
+        RoPE), in time order; none until the archive holds k frames and the role's other slots are full."""
+        role = self.policy.roles[self.headmap.roles[layer][head]]
+        archive = self.archived(layer, head)
+        full = self.first_frame >= role.sink + role.recent and len(self.episodic[layer][head]) == role.episodic
+        if not full or len(archive) < role.retrieved:
+            return []
+        query = q_mean / q_mean.norm()
+        mean_key = {f: self.keys[layer][f][b, head].mean(0) for f in archive}  # [D]
+        score = {f: float(mean_key[f] @ query / mean_key[f].norm()) for f in archive}
+        return sorted(sorted(archive, key=lambda f: -score[f])[: role.retrieved])
+
+    def view(self, layer: int, head: int, retrieved: list[int] = ()) -> tuple[list, list[int]]:
         """([(frame, keys [B, T, D], values [B, T, D], tokens a key stands for, position)] a head sees, the
         chunk's positions)."""
         role = self.policy.roles[self.headmap.roles[layer][head]]
@@ -119,7 +141,10 @@ class OracleCache:
                 keys = torch.cat([e[1] for e in held], dim=1) if held else None
                 values = torch.cat([e[2] for e in held], dim=1) if held else None
                 entries.append((frame, keys, values, 4.0, 1))
-        entries.sort(key=lambda e: (e[4], e[0]))  # sink, then episodic and coarse, then recent; in time
+        entries += [(f, self.keys[layer][f][:, head], self.values[layer][f][:, head], 1.0, 1.5) for f in retrieved]
+        # sink, then episodic and coarse, then retrieved, then recent (memory_at "near": recent before memory); in time
+        place = {0: 0, 1: 1, 1.5: 1.5, 2: 2} if role.memory_at == "time" else {0: 0, 2: 1, 1: 2, 1.5: 2.5}
+        entries.sort(key=lambda e: (place[e[4]], e[0]))
         chunk = list(range(self.first_frame, self.first_frame + self.chunk_frames))
         if role.positions == "absolute":
             return [e[:4] + (e[0],) for e in entries], chunk
@@ -168,7 +193,8 @@ class OracleProcessor:
         out = torch.zeros_like(q)
         for b in range(batch):
             for h in range(heads):
-                entries, chunk_pos = o.view(self.layer, h)
+                retrieved = o.retrieve(self.layer, h, b, q[b, :, h].mean(0)) if o.policy.roles[o.headmap.roles[self.layer][h]].retrieval else []
+                entries, chunk_pos = o.view(self.layer, h, retrieved)
                 ks, vs, counts = [], [], []
                 for _, keys, values, stands_for, p in entries:
                     if keys is None:  # an empty coarse slot: a position, no tokens

@@ -91,6 +91,8 @@ class HeadwiseCache:
             yield from (t for t in (store.k_raw, store.k_ctx, store.v_ctx, store.k_new, store.v_new, store.chunk_rot, store.bias) if t is not None)
             if store.memory is not None:
                 yield from (store.memory.usage, store.memory.queries)
+            if store.archive is not None:
+                yield from (store.archive.k, store.archive.v, store.archive.desc, store.archive.frames, store.archive.rot)
 
     @property
     def steady(self) -> bool:

@@ -1,25 +1,32 @@
 """Cache policies as data: for each role, which latent frames its heads keep, and how they are numbered.
 
-A role keeps up to four segments (the current chunk is always appended):
+A role keeps up to five segments (the current chunk is always appended):
   Sink(n)        the first n frames of the video, kept forever (n=None: every frame, the `full` preset);
   Episodic(k)    k slots chosen among frames that left `recent` (the episodic memory decides);
   Coarse(m)      the episodic memory's coarse level: m slots, each holding 4 frames pooled 2x2 in space, filled
                  with what the episodic slots give up when a novel frame replaces one (oldest out first);
   Recent(n)      the last n committed frames.
+  Retrieved(k, archive, every)
+                 an archive of the last `archive` frames that left `recent` (every `every`-th frame index only),
+                 of which each head attends the k whose keys best match its current queries (cache/archive.py).
 Positions: `absolute` rotates every frame at its frame index (Self-Forcing); `compact` numbers a role's
 retained frames 0..n-1 in time order and the chunk n..n+C-1, so distances stay inside the trained window.
 At a prompt switch a role either keeps its recent frames' keys/values (`keep`) or re-encodes them under
 the new prompt from their clean latents (`recache`, as LongLive does); sink and episodic frames are kept.
+Compact positions put a role's memory (episodic, coarse and retrieved slots) between its sink and its recent
+frames, in time order (`memory_at="time"`), or right before the chunk, after the recent frames (`"near"`:
+memory at the distances the model attends most, at the cost of time order).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import UsageError
 from .headmap import HeadMap
 
 POSITION_SCHEMES = ("absolute", "compact")
+MEMORY_PLACES = ("time", "near")
 # How `--heads auto` / `headforcing profile` turn attention statistics into roles (cache/profiler.py reads it):
 # the top 25% of heads by sink mass are anchors, of the rest the top 20% by current-chunk mass are local.
 DEFAULT_RULE = "anchor=sink:top25%,local=current:top20%,memory=rest"
@@ -47,22 +54,33 @@ class Recent:
 
 
 @dataclass(frozen=True)
+class Retrieved:
+    slots: int
+    archive: int
+    every: int = 1
+
+
+@dataclass(frozen=True)
 class RolePolicy:
     segments: tuple
     positions: str = "compact"
     on_switch: str = "keep"
+    memory_at: str = "time"
 
     def __post_init__(self):
         if self.on_switch not in SWITCH_RULES:
             raise UsageError(f"unknown prompt-switch rule {self.on_switch!r}; known: {', '.join(SWITCH_RULES)}")
         if self.positions not in POSITION_SCHEMES:
             raise UsageError(f"unknown position scheme {self.positions!r}; known: {', '.join(POSITION_SCHEMES)}")
+        if self.memory_at not in MEMORY_PLACES:
+            raise UsageError(f"unknown memory placement {self.memory_at!r}; known: {', '.join(MEMORY_PLACES)}")
         kinds = [type(s) for s in self.segments]
-        if len(set(kinds)) != len(kinds) or not all(k in (Sink, Episodic, Coarse, Recent) for k in kinds):
-            raise UsageError(f"a role keeps at most one Sink, one Episodic, one Coarse and one Recent segment, got {self.segments}")
-        sizes = [s.slots if isinstance(s, (Episodic, Coarse)) else s.frames for s in self.segments]
+        if len(set(kinds)) != len(kinds) or not all(k in (Sink, Episodic, Coarse, Recent, Retrieved) for k in kinds):
+            raise UsageError(f"a role keeps at most one Sink, Episodic, Coarse, Recent and Retrieved segment, got {self.segments}")
+        sizes = [s.slots if isinstance(s, (Episodic, Coarse, Retrieved)) else s.frames for s in self.segments]
         if any(n is not None and n < 0 for n in sizes):
             raise UsageError(f"segment sizes must be >= 0, got {self.segments}")
+        self._check_retrieved()
         if self.episodic and self.positions != "compact":
             raise UsageError("an Episodic segment needs compact positions (merged frames have no single absolute one)")
         if self.episodic and not self.recent:
@@ -70,9 +88,28 @@ class RolePolicy:
         if self.coarse and not self.episodic:
             raise UsageError("a Coarse segment needs an Episodic one: it keeps what the episodic slots give up")
 
+    def _check_retrieved(self) -> None:
+        seg = self.retrieval
+        if seg is None:
+            return
+        if not (seg.slots >= 1 and seg.archive >= seg.slots and seg.every >= 1):
+            raise UsageError(f"Retrieved needs 1 <= slots <= archive and every >= 1, got {seg}")
+        if self.positions != "compact" or not self.recent:
+            raise UsageError("a Retrieved segment needs compact positions and a Recent segment (it archives frames leaving `recent`)")
+        if self.coarse:
+            raise UsageError("a role keeps a Coarse or a Retrieved segment, not both")
+
     def _size(self, kind) -> int | None:
         seg = next((s for s in self.segments if isinstance(s, kind)), None)
-        return 0 if seg is None else (seg.slots if kind in (Episodic, Coarse) else seg.frames)
+        return 0 if seg is None else (seg.slots if kind in (Episodic, Coarse, Retrieved) else seg.frames)
+
+    @property
+    def retrieval(self) -> Retrieved | None:
+        return next((s for s in self.segments if isinstance(s, Retrieved)), None)
+
+    @property
+    def retrieved(self) -> int:
+        return self._size(Retrieved)
 
     @property
     def sink(self) -> int | None:
@@ -93,7 +130,18 @@ class RolePolicy:
     def capacity(self, max_frames: int) -> int:
         """Context slots this role can hold, each one frame's tokens (the current chunk not counted)."""
         sink = max_frames if self.sink is None else self.sink
-        return sink + self.episodic + self.coarse + self.recent
+        return sink + self.episodic + self.coarse + self.recent + self.retrieved
+
+    def fill_frames(self, max_frames: int) -> int:
+        """Frames committed before every slot is in use (coarse slots: with the last episodic one; retrieved:
+        once the archive holds as many frames as there are slots)."""
+        sink = max_frames if self.sink is None else self.sink
+        leaving = self.episodic  # frames that must leave `recent`; they leave in order from frame `sink` on
+        if self.retrieval is not None:  # the archive takes frames whose index is a multiple of `every`
+            every = self.retrieval.every
+            last = -(-sink // every) * every + (self.retrieved - 1) * every  # the frame that fills the slots
+            leaving = max(leaving, last - sink + 1)
+        return sink + self.recent + leaving
 
 
 @dataclass(frozen=True)
@@ -111,7 +159,7 @@ class Policy:
     def warmup_chunks(self, chunk: int, window: int) -> int:
         """Chunks that fill every role's slots (episodic ones too): from the next chunk on, every chunk has the
         same shapes (what a compiled step needs)."""
-        return -(-max(r.capacity(window) - r.coarse for r in self.roles.values()) // chunk)  # coarse: with the last episodic
+        return -(-max(r.fill_frames(window) for r in self.roles.values()) // chunk)
 
     @property
     def bounded(self) -> bool:
@@ -207,8 +255,44 @@ def preset(name: str, chunk: int = 3, window: int = 21) -> Policy:
             fractions={"static": 0.5, "dynamic": 0.5},
             rule="static=current:top50%,dynamic=rest",
         )
+    if name == "headforcing-retrieval":
+        # Head Forcing with a retrieval memory: the memory heads' episodic slots become 6 retrieved ones, chosen
+        # per head and per forward from an archive of the last 64 frames that left `recent` (cache/archive.py).
+        return Policy(
+            name,
+            {
+                "local": RolePolicy((Recent(3),), on_switch="recache"),
+                "anchor": RolePolicy((Sink(3), Recent(3)), on_switch="keep"),
+                "memory": RolePolicy((Sink(3), Retrieved(6, 64), Recent(9)), on_switch="recache"),
+            },
+        )
+    if name == "headforcing-near":
+        # Head Forcing with the memory heads' episodic slots numbered right before the chunk (after `recent`).
+        base = preset("headforcing", chunk, window)
+        return Policy(name, {**base.roles, "memory": replace(base.roles["memory"], memory_at="near")})
+    if name == "memflow":
+        # A uniform retrieval baseline (MemFlow, arXiv 2512.14699, read from its public text): every head keeps
+        # a sink, a local window and a memory retrieved from past frames. Our reading: retrieval by the chunk's
+        # queries against archived frames' mean keys (MemFlow scores with the prompt's text), the memory half
+        # the local window (the paper's best): 6 retrieved frames, 12 recent, an archive of 64.
+        return Policy(name, {"all": RolePolicy((Sink(3), Retrieved(6, 64), Recent(12)), on_switch="recache")})
+    if name == "pyramid-forcing":
+        # Pyramid Forcing (arXiv 2605.13111, read from its abstract): anchor heads keep a long history, wave
+        # heads sample history at a period, veil heads only the first and the adjacent frames. Our reading:
+        # anchor 3 sink + 15 recent; wave 3 sink + every 3rd older frame (6 of them, all attended) + 3 recent;
+        # veil 3 sink + 3 recent; compact positions; heads sorted by their mass on older frames, then on the sink.
+        return Policy(
+            name,
+            {
+                "anchor": RolePolicy((Sink(chunk), Recent(window - 2 * chunk)), "compact"),
+                "wave": RolePolicy((Sink(chunk), Retrieved(6, 6, every=3), Recent(chunk)), "compact"),
+                "veil": RolePolicy((Sink(chunk), Recent(chunk)), "compact"),
+            },
+            fractions={"anchor": 0.25, "wave": 0.375, "veil": 0.375},
+            rule="anchor=rest:top25%,veil=sink:top50%,wave=rest",
+        )
     raise UsageError(f"unknown policy {name!r}; known: {', '.join(PRESETS)}")
 
 
 PRESETS = ("full", "self-forcing", "longlive", "infinity-rope", "deep-forcing", "headforcing", "headforcing-coarse",
-           "dummy-forcing", "forcing-kv")
+           "headforcing-retrieval", "headforcing-near", "dummy-forcing", "forcing-kv", "pyramid-forcing", "memflow")

@@ -1,6 +1,6 @@
 """KVStore: the frames that one role group of one layer keeps, in preallocated buffers.
 
-Slots are laid out [sink | recent | episodic | coarse] (in latent frames of T tokens each). Frames enter in
+Slots are laid out [sink | recent | episodic | coarse | retrieved] (in latent frames of T tokens each). Frames enter in
 time order: the sink fills first, then the recent ring, and only frames leaving the recent ring can reach
 the episodic slots, so the occupied slots are always a prefix. Attention then runs over one contiguous
 slice [occupied slots | current chunk] of the context buffers: one SDPA call per group.
@@ -10,6 +10,10 @@ the slot's frame pooled 2x2 in space (T/4 tokens), four pooled frames a slot, th
 It is attended from the moment the episodic slots are full (so shapes stay fixed), through an additive
 bias on its keys (`bias`): -inf where no pooled frame is held yet, log 4 where one is (a pooled token
 stands for four, as in token merging's proportional attention).
+
+Retrieved slots (a Retrieved segment, cache/archive.py) are refilled inside every forward from the store's
+archive of frames that left `recent`; they are attended once the archive holds as many frames as there are
+slots and every other slot is in use (so the occupied slots stay a prefix and shapes fixed from then on).
 
 Keys are kept before RoPE (`k_raw`) for compact positions, which change from chunk to chunk; `k_ctx`
 holds the rotated copy, made once per chunk. With absolute positions a key's rotation never changes, so
@@ -29,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
+from .archive import Archive
 from .rope import Rope, rotate
 from .policy import RolePolicy
 
@@ -52,7 +57,11 @@ class KVStore:
         self.n_coarse = role.coarse if memory is not None else 0  # (no episodic memory: nothing to give up)
         self.episodic_first = self.n_sink + self.n_recent
         self.coarse_first = self.episodic_first + self.n_episodic
-        self.capacity = self.coarse_first + self.n_coarse
+        self.retrieved_first = self.coarse_first + self.n_coarse
+        self.n_retrieved = role.retrieved
+        self.capacity = self.retrieved_first + self.n_retrieved
+        seg = role.retrieval
+        self.archive = Archive(seg.slots, seg.archive, seg.every) if seg is not None else None
         self.chunk_frames = chunk_frames
         self.memory = memory  # decides what happens to frames leaving `recent` (None: they are dropped)
         self.observers = []  # callables (store, q_rot, keys_end, committing) that read attention, e.g. profilers
@@ -79,14 +88,17 @@ class KVStore:
                 raise UsageError(f"a Coarse segment pools 2x2 tokens; this token grid is {h}x{w}")
             self.bias = torch.zeros((self.capacity + C) * T, dtype=dtype, device=device)  # added to every query's scores
             self.bias[self._tokens(self.coarse_first, self.n_coarse)] = float("-inf")  # no pooled frame held yet
-        if self.memory is not None:  # episodic copies may land on the chunk's tail before it is committed
+        if self.memory is not None or self.archive is not None:  # slot copies may land on the chunk's tail before it is committed
             self.v_new = torch.zeros(B, Hg, C * T, head_dim, dtype=dtype, device=device)
+        if self.memory is not None:
             self.memory.reset(device, 4 * self.n_coarse)
+        if self.archive is not None:
+            self.archive.allocate(B, Hg, T, head_dim, dtype, device)
         self.frames, self.recent_next = [], 0
 
     def nbytes(self) -> int:
         bufs = (self.k_raw, self.k_ctx, self.v_ctx, self.k_new, self.v_new, self.chunk_rot, self.bias)
-        return sum(t.numel() * t.element_size() for t in bufs if t is not None)
+        return sum(t.numel() * t.element_size() for t in bufs if t is not None) + (self.archive.nbytes() if self.archive else 0)
 
     def _tokens(self, slot: int, count: int = 1) -> slice:
         return slice(slot * self.T, (slot + count) * self.T)
@@ -97,16 +109,30 @@ class KVStore:
         return bool(self.n_coarse) and self.memory.held == self.memory.slots
 
     @property
-    def occupied(self) -> int:
-        """Occupied slots: sink and recent, then episodic, then coarse (always a prefix of the slots)."""
+    def retrieval_active(self) -> bool:
+        """The retrieved slots are attended once the archive can fill them and every slot before them is in use."""
+        return self.archive is not None and self.archive.full and self._kept_full
+
+    @property
+    def _kept_full(self) -> bool:
+        return len(self.frames) == self.episodic_first and (self.memory is None or self.memory.held == self.memory.slots)
+
+    @property
+    def kept(self) -> int:
+        """Occupied slots holding kept frames: sink and recent, then episodic, then coarse (a prefix)."""
         if self.memory is None:
             return len(self.frames)
         return len(self.frames) + self.memory.held + (self.n_coarse if self.coarse_active else 0)
 
     @property
+    def occupied(self) -> int:
+        """Occupied slots: the kept ones, then the retrieved ones while attended (always a prefix of the slots)."""
+        return self.kept + (self.n_retrieved if self.retrieval_active else 0)
+
+    @property
     def steady(self) -> bool:
         """Every slot this role can fill is filled: from here on every chunk has the same shapes."""
-        return len(self.frames) == self.episodic_first and (self.memory is None or self.memory.held == self.memory.slots)
+        return self._kept_full and (self.archive is None or self.archive.full)
 
     def held_frames(self) -> list[int]:
         """The frame of each occupied slot, in slot order (reads the episodic slots from the device)."""
@@ -119,6 +145,8 @@ class KVStore:
         slot_pos = self.slot_positions()
         if isinstance(slot_pos, tuple):
             slot_pos = slot_pos[0] + slot_pos[1].tolist()
+        if self.retrieval_active:
+            slot_pos = slot_pos + self.retrieved_positions()
         return slot_pos, self.chunk_positions(first_frame, chunk_frames)
 
     def chunk_positions(self, first_frame: int, chunk_frames: int) -> list[int]:
@@ -138,21 +166,34 @@ class KVStore:
         recent = self.frames[self.n_sink :]
         order = sorted(recent)
         coarse = self.n_coarse if self.coarse_active else 0
-        fixed = sink + [self.n_sink + held + coarse + order.index(f) for f in recent]
+        memory = held + coarse + (self.n_retrieved if self.retrieval_active else 0)  # memory slots, in positions
+        near = self.role.memory_at == "near"
+        first_recent = self.n_sink + (0 if near else memory)
+        fixed = sink + [first_recent + order.index(f) for f in recent]
         if not held:
             return fixed
+        first_memory = self.n_sink + (len(recent) if near else 0)
         episodic = self.memory.frames[:held]
         if coarse:
             episodic = torch.cat([episodic, self.memory.coarse_slot_frames()])  # [held + coarse]
         index = torch.arange(len(episodic), device=episodic.device)
         before = (episodic[None, :] < episodic[:, None]) | ((episodic[None, :] == episodic[:, None]) & (index[None, :] < index[:, None]))
-        return fixed, self.n_sink + before.sum(1)  # [held (+ coarse)]: rank in time, ties in slot order
+        return fixed, first_memory + before.sum(1)  # [held (+ coarse)]: rank in time, ties in slot order
+
+    def retrieved_positions(self) -> list[int]:
+        """Positions of the retrieved slots (in time order among themselves): after the episodic and coarse
+        ones, that is, right before the recent frames (`time`) or right before the chunk (`near`)."""
+        recent = len(self.frames) - self.n_sink if self.role.memory_at == "near" else 0
+        first = self.n_sink + (self.kept - len(self.frames)) + recent  # after sink, episodic and coarse (and recent)
+        return list(range(first, first + self.n_retrieved))
 
     def begin_chunk(self, rope: Rope, first_frame: int, chunk_frames: int, freqs_of) -> None:
         """Fix this chunk's positions; re-rotate the kept keys (compact) once for the chunk's forwards."""
         self.first_frame, self.chunk_len = first_frame, chunk_frames
-        n = self.occupied
+        n = self.kept  # retrieved slots are rotated when filled, inside the forward
         self.chunk_rot[: chunk_frames * self.T] = freqs_of(self.chunk_positions(first_frame, chunk_frames))  # [C*T, D/2, 2]
+        if self.retrieval_active:
+            self.archive.rot.copy_(freqs_of(self.retrieved_positions()))
         if not self.absolute and n:
             slot_pos = self.slot_positions()
             if isinstance(slot_pos, tuple):  # [sink | recent] from the host, [episodic | coarse] from the device
@@ -176,6 +217,9 @@ class KVStore:
         q_rot, k_rot = rotate(q, rot), rotate(k, rot)
         self.k_ctx[:, :, start:end] = k_rot
         self.v_ctx[:, :, start:end] = v
+        if self.retrieval_active:
+            slots = self._tokens(self.retrieved_first, self.n_retrieved)
+            self.archive.read(q, self.k_ctx[:, :, slots], self.v_ctx[:, :, slots])
         mask = self.bias[None, :end] if self.coarse_active else None  # [1, keys], broadcast over queries
         out = F.scaled_dot_product_attention(q_rot, self.k_ctx[:, :, :end], self.v_ctx[:, :, :end], attn_mask=mask)
         if commit:
@@ -235,6 +279,8 @@ class KVStore:
         self.recent_next = (self.recent_next + 1) % self.n_recent
         if self.memory is not None:
             self.memory.offer(self, slot)
+        if self.archive is not None:
+            self.archive.offer(self.frames[slot], self.k_raw[:, :, self._tokens(slot)], self.v_ctx[:, :, self._tokens(slot)])
         self.frames[slot] = frame
         return slot
 

@@ -35,8 +35,13 @@ KINDS = ("denoise", "commit")
 
 def policy_json(policy) -> dict:
     """A policy as data: role -> segments, positions, switch rule (to refuse a changed definition)."""
-    return {name: dict(segments=[[type(s).__name__, *asdict(s).values()] for s in role.segments],
-                       positions=role.positions, on_switch=role.on_switch) for name, role in policy.roles.items()}
+    def role_json(role) -> dict:
+        out = dict(segments=[[type(s).__name__, *asdict(s).values()] for s in role.segments], positions=role.positions, on_switch=role.on_switch)
+        if role.memory_at != "time":  # (written only when set: states saved before it existed still match)
+            out["memory_at"] = role.memory_at
+        return out
+
+    return {name: role_json(role) for name, role in policy.roles.items()}
 
 
 def model_identity(pipe) -> dict:
@@ -64,7 +69,7 @@ def save_session(session, path: str, run: dict | None = None) -> None:
         tensors["recent"] = cpu(session.recent)
     stores = []
     for i, store in enumerate(session.cache.stores()):
-        used = slice(0, store.occupied * store.T)
+        used = slice(0, store.kept * store.T)  # (retrieved slots are refilled from the archive at every forward)
         if store.k_raw is not None:
             tensors[f"store.{i}.k_raw"] = cpu(store.k_raw[:, :, used])
         if store.absolute:
@@ -77,8 +82,12 @@ def save_session(session, path: str, run: dict | None = None) -> None:
             if store.n_coarse:
                 memory["pooled"] = dict(frames=store.memory.pooled_frames.tolist(), next=int(store.memory.pooled_next))
             tensors[f"store.{i}.memory.generator"] = store.memory.gen.get_state()
+        archive = None
+        if store.archive is not None:
+            archive, parts = store.archive.state()
+            tensors.update({f"store.{i}.archive.{name}": cpu(t) for name, t in parts.items()})
         stores.append(dict(layer=store.layer, role=store.name, heads=store.heads, frames=store.held_frames(),
-                           recent_next=store.recent_next, memory=memory))
+                           recent_next=store.recent_next, memory=memory, archive=archive))
     decoder = None
     if isinstance(session.decoder, StreamingVaeDecoder):
         kinds = []
@@ -260,6 +269,13 @@ def restore(session, meta: dict, tensors: dict, path: str) -> None:
         if store.n_coarse and not (isinstance(pooled, dict) and isinstance(pooled.get("frames"), list) and len(pooled["frames"]) == 4 * store.n_coarse
                                    and all(whole(f, 0) for f in pooled["frames"]) and whole(pooled.get("next"), 0) and pooled["next"] < 4 * store.n_coarse):
             raise UsageError(f"{path} is inconsistent: store {i}'s coarse level")
+        if store.archive is not None:
+            parts = {name: tensors[f"store.{i}.archive.{name}"] for name in ("k", "v", "desc") if f"store.{i}.archive.{name}" in tensors}
+            wrong = store.archive.check_state(saved.get("archive"), parts)
+            if wrong:
+                raise UsageError(f"{path} is inconsistent: store {i}'s archive ({wrong})")
+        elif saved.get("archive") is not None:
+            raise UsageError(f"{path} is inconsistent: store {i} has no archive")
         if saved["recent_next"] >= max(store.n_recent, 1) or (store.memory is not None and len(saved["memory"]["count"]) != max(0, len(saved["frames"]) - store.episodic_first)):
             raise UsageError(f"{path} is inconsistent: store {i}'s ring position or episodic slots")
     feats = []
@@ -289,6 +305,8 @@ def restore(session, meta: dict, tensors: dict, path: str) -> None:
                 memory.pooled_frames.copy_(torch.tensor(pooled["frames"]))
                 memory.pooled_next.fill_(pooled["next"])
                 store.mark_pooled(memory.pooled_frames != EMPTY)
+        if store.archive is not None:
+            store.archive.load_state(saved["archive"], {name: tensors[f"store.{i}.archive.{name}"] for name in ("k", "v", "desc")})
     if feats:
         session.decoder.feat_cache, session.decoder.first = feats, meta["decoder"]["first"]
     if session.profiler is not None:
