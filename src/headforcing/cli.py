@@ -87,7 +87,8 @@ def build_parser() -> Parser:
     gen.add_argument("--prompt", action="append", help='a prompt; repeat as "text@SECONDS" for a timeline')
     gen.add_argument("--timeline", help='JSONL file of {"start": seconds, "prompt": text}')
     gen.add_argument("--seconds", type=float, help="seconds of video to generate (default: 5)")
-    gen.add_argument("--policy", help=f"one of: {', '.join(PRESETS)} (default: headforcing)")
+    gen.add_argument("--policy", help=f"one of: {', '.join(PRESETS)} (default: headforcing); or a variant for "
+                     "ablations (docs/POLICIES.md)")
     gen.add_argument("--out", help="output .mp4 (omit with --latents-only)")
     gen.add_argument("--latents-only", action="store_true", help="run the DiT only; decode and write nothing")
     gen.add_argument("--heads", help="HeadMap JSON for multi-role policies, or 'auto' to profile the first window online")
@@ -117,6 +118,8 @@ def build_parser() -> Parser:
     prof.add_argument("--queries", type=int, default=256, help="query tokens sampled per chunk")
     prof.add_argument("--rule", default=DEFAULT_RULE, help=f"classification rule (default {DEFAULT_RULE.replace('%', '%%')})")
     prof.add_argument("--from", dest="source", help="re-derive a HeadMap from saved statistics, without running")
+    prof.add_argument("--install", action="store_true", help="also keep the profile as these weights' default roles "
+                      "(typed policies run without --heads use it; see docs/POLICIES.md)")
     add_model_args(prof)
 
     ev = sub.add_parser("eval", help="long-video metrics over time for one or more mp4 files")
@@ -442,12 +445,12 @@ def run_toyworld(args) -> int:
                      own_context=args.own_context, return_share=args.return_share)
         print(f"wrote {last}; use it with --toy-weights {last}")
         return 0
-    from .cache.policy import PRESETS
+    from .cache.policy import PRESETS, known
     from .toyworld.eval import evaluate
 
     policies = args.policies.split(",")
     references = ("truth", "oracle", "window") if args.suite == "recall" else ("truth",)
-    unknown = [p for p in policies if p not in PRESETS and p not in references]
+    unknown = [p for p in policies if not known(p) and p not in references]
     if unknown:
         raise UsageError(f"unknown policy {unknown[0]!r}; known: {', '.join(PRESETS + references)}")
     if args.suite == "recall":

@@ -7,6 +7,9 @@ with the slots: novelty = 1 - max cosine (averaged over the group's heads).
     attention mass that sampled queries of each commit pass give the slot;
   - redundant: it is merged into the most similar slot, a count-weighted average of keys and values
     (the slot keeps the position of its first frame).
+That is the `novelty` rule of an Episodic segment; the others fix the outcome once the slots are full:
+`replace` (every leaving frame replaces the least-used slot), `merge` (every one is merged into the most
+similar slot) and `keep-first` (the first frames admitted stay; later ones are dropped, no decision logged).
 With a coarse level (a Coarse segment), a replaced slot is not lost: its frame, pooled 2x2 in space, goes
 to the coarse level's next pooled frame (a ring, oldest out first), where it stays until 4 x coarse slots
 later replacements; merges leave the coarse level as it is.
@@ -77,9 +80,13 @@ class EpisodicMemory:
             self.held += 1
             self._record(store, frame, 0, slot, novelty, 1.0)
             return
+        rule = store.role.slot_rule
+        if rule == "keep-first":
+            return
         sims = self._similarity(store, src)  # [slots]
         novelty = 1.0 - sims.max()
-        novel = novelty >= self.config.novelty
+        threshold = {"replace": float("-inf"), "merge": float("inf")}.get(rule, self.config.novelty)
+        novel = novelty >= threshold
         slot = torch.where(novel, self.usage.argmin(), sims.argmax()).view(1)  # [1], on the device
         count = torch.where(novel, 1.0, self.count.index_select(0, slot) + 1.0)  # [1]
         if len(self.pooled_frames):

@@ -38,9 +38,14 @@ class Sink:
     frames: int | None
 
 
+SLOT_RULES = ("novelty", "replace", "merge", "keep-first")
+
+
 @dataclass(frozen=True)
 class Episodic:
     slots: int
+    rule: str = "novelty"  # a full memory and a leaving frame: by novelty (below), always replace the least-used
+    # slot, always merge into the most similar one, or keep the first frames admitted (cache/episodic.py)
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,9 @@ class RolePolicy:
         if any(n is not None and n < 0 for n in sizes):
             raise UsageError(f"segment sizes must be >= 0, got {self.segments}")
         self._check_retrieved()
+        rule = next((s.rule for s in self.segments if isinstance(s, Episodic)), "novelty")
+        if rule not in SLOT_RULES:
+            raise UsageError(f"unknown episodic slot rule {rule!r}; known: {', '.join(SLOT_RULES)}")
         if self.episodic and self.positions != "compact":
             raise UsageError("an Episodic segment needs compact positions (merged frames have no single absolute one)")
         if self.episodic and not self.recent:
@@ -102,6 +110,10 @@ class RolePolicy:
     def _size(self, kind) -> int | None:
         seg = next((s for s in self.segments if isinstance(s, kind)), None)
         return 0 if seg is None else (seg.slots if kind in (Episodic, Coarse, Retrieved) else seg.frames)
+
+    @property
+    def slot_rule(self) -> str:
+        return next((s.rule for s in self.segments if isinstance(s, Episodic)), "novelty")
 
     @property
     def retrieval(self) -> Retrieved | None:
@@ -266,10 +278,8 @@ def preset(name: str, chunk: int = 3, window: int = 21) -> Policy:
                 "memory": RolePolicy((Sink(3), Retrieved(6, 64), Recent(9)), on_switch="recache"),
             },
         )
-    if name == "headforcing-near":
-        # Head Forcing with the memory heads' episodic slots numbered right before the chunk (after `recent`).
-        base = preset("headforcing", chunk, window)
-        return Policy(name, {**base.roles, "memory": replace(base.roles["memory"], memory_at="near")})
+    if name in VARIANTS:
+        return variant(name, chunk, window)
     if name == "memflow":
         # A uniform retrieval baseline (MemFlow, arXiv 2512.14699, read from its public text): every head keeps
         # a sink, a local window and a memory retrieved from past frames. Our reading: retrieval by the chunk's
@@ -295,4 +305,23 @@ def preset(name: str, chunk: int = 3, window: int = 21) -> Policy:
 
 
 PRESETS = ("full", "self-forcing", "longlive", "infinity-rope", "deep-forcing", "headforcing", "headforcing-coarse",
-           "headforcing-retrieval", "headforcing-near", "dummy-forcing", "forcing-kv", "pyramid-forcing", "memflow")
+           "headforcing-retrieval", "dummy-forcing", "forcing-kv", "pyramid-forcing", "memflow")
+# Head Forcing's variants, one change each, for ablations (reachable by name; not in the preset lists)
+VARIANTS = ("headforcing-near", "headforcing-replace", "headforcing-merge", "headforcing-keep-first")
+
+
+def variant(name: str, chunk: int = 3, window: int = 21) -> Policy:
+    """`headforcing` with one change to its memory heads: `-near` numbers the episodic slots right before the
+    chunk; `-replace` / `-merge` / `-keep-first` fix the episodic slots' rule (cache/episodic.py)."""
+    base = preset("headforcing", chunk, window)
+    memory = base.roles["memory"]
+    if name == "headforcing-near":
+        memory = replace(memory, memory_at="near")
+    else:
+        rule = name.removeprefix("headforcing-")
+        memory = replace(memory, segments=tuple(Episodic(s.slots, rule) if isinstance(s, Episodic) else s for s in memory.segments))
+    return Policy(name, {**base.roles, "memory": memory})
+
+
+def known(name: str) -> bool:
+    return name in PRESETS or name in VARIANTS

@@ -10,6 +10,7 @@ and borrows everything else from a loaded model (`pipeline.Pipeline`). `step()` 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -21,6 +22,7 @@ from ..cache.profiler import HeadProfiler, classify, parse_rule
 from .. import threads
 from ..errors import UsageError
 from ..models.schedule import Schedule
+from .profiles import measured_headmap
 from .sampler import ChunkSampler, SeededNoise
 
 MAX_SEED = 2**63 - 1  # torch.Generator takes 64-bit seeds; beyond them seeds would silently alias
@@ -111,6 +113,12 @@ class Session:
         if not isinstance(prompt, str) or not prompt.strip():
             raise UsageError("the prompt is empty")
         self.policy, self.headmap = check_options(self.spec, self.options, headmap)
+        self.heads_source = "given" if headmap is not None else (self.options.heads or "shares")  # path, "auto" or shares
+        if headmap is None and self.options.heads is None and len(self.policy.roles) > 1:
+            measured = measured_headmap(pipe.fingerprint(), rule_for(self.policy, self.options), self.spec.num_layers, self.spec.num_heads)
+            if measured is not None:  # roles measured on these weights (engine/profiles.py), else the fixed shares
+                self.headmap, self.heads_source = measured[0], f"profile {Path(measured[1]).name}"
+                self.headmap.check(self.spec.num_layers, self.spec.num_heads, self.policy.roles)
         self.episodic = episodic
         self.schedule = schedule_for(self.spec.schedule, self.options.solver, self.options.context_noise)
         width, height = self.width, self.height = self.options.size or self.spec.size
@@ -287,7 +295,7 @@ class Session:
             chunks=self.chunk, latent_frames=self.frame, video_frames=self.video_frames(),
             seconds=self.video_frames() / self.spec.fps, cache_bytes=self.cache.nbytes(), prompt=self.prompt,
             prompt_switches=len(self.history) - 1, profiling=self.profiling, episodic=dict(self.episodic_counts),
-            policy=self.policy.name,
+            policy=self.policy.name, heads=self.heads_source,
             compile=dict(mode=self.sampler.compiled.mode, **self.sampler.compile_stats) if self.sampler.compiled else None,
         )
 

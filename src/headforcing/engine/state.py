@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from ..cache.episodic import ACTIONS, EMPTY, EpisodicConfig
 from ..cache.headmap import HeadMap
+from ..cache.policy import Episodic
 from ..errors import UsageError
 from .decode import StreamingVaeDecoder
 from .files import parse_json, publish
@@ -36,7 +37,11 @@ KINDS = ("denoise", "commit")
 def policy_json(policy) -> dict:
     """A policy as data: role -> segments, positions, switch rule (to refuse a changed definition)."""
     def role_json(role) -> dict:
-        out = dict(segments=[[type(s).__name__, *asdict(s).values()] for s in role.segments], positions=role.positions, on_switch=role.on_switch)
+        def segment(s) -> list:  # (an Episodic segment's default rule is left out: older states still match)
+            fields = {k: v for k, v in asdict(s).items() if not (isinstance(s, Episodic) and k == "rule" and v == "novelty")}
+            return [type(s).__name__, *fields.values()]
+
+        out = dict(segments=[segment(s) for s in role.segments], positions=role.positions, on_switch=role.on_switch)
         if role.memory_at != "time":  # (written only when set: states saved before it existed still match)
             out["memory_at"] = role.memory_at
         return out

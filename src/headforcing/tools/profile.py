@@ -9,6 +9,7 @@ from ..engine.files import check_output, read_json, read_text
 from ..errors import UsageError
 from ..engine.pipeline import Pipeline, load
 from ..cache.profiler import HeadProfiler, classify, heads_file, plot
+from ..engine.profiles import install
 
 DEFAULT_PROMPTS = (
     "a red fox trots through fresh snow in a pine forest, morning light",
@@ -53,6 +54,7 @@ def profile(args, load_args: dict, session_args: dict) -> Path:
         stats = data.get("stats", data) if isinstance(data, dict) else None
         if not isinstance(stats, dict) or "denoise" not in stats:
             raise UsageError(f"{args.source} holds no profile statistics")
+        weights = data.get("weights")
     else:
         window = 21 // 3
         if not 4 <= args.chunks <= window:
@@ -60,7 +62,15 @@ def profile(args, load_args: dict, session_args: dict) -> Path:
         prompts = read_prompts(args.prompts, args.model)
         pipe = load(args.model, decode=False, **load_args)
         stats = run_profile(pipe, prompts, args.queries, args.chunks, **session_args)
+        weights = pipe.fingerprint()
     headmap = classify(stats, args.rule)
-    out.write_text(json.dumps(heads_file(headmap, stats, args.rule)))
+    data = heads_file(headmap, stats, args.rule)
+    if isinstance(weights, str):
+        data["weights"] = weights  # the fingerprint a default map is looked up by (engine/profiles.py)
+    out.write_text(json.dumps(data))
     plot(headmap, stats, out.with_suffix(".png"))
+    if args.install:
+        if "weights" not in data:
+            raise UsageError(f"{args.source} does not say which weights it was measured on: run the profile again to --install it")
+        print(f"installed as the default roles for these weights: {install(data)}")
     return out
