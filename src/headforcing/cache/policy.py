@@ -269,13 +269,14 @@ def preset(name: str, chunk: int = 3, window: int = 21) -> Policy:
         )
     if name == "headforcing-retrieval":
         # Head Forcing with a retrieval memory: the memory heads' episodic slots become 6 retrieved ones, chosen
-        # per head and per forward from an archive of the last 64 frames that left `recent` (cache/archive.py).
+        # per head and per forward from an archive of every 4th frame that left `recent`, the last 48 of them
+        # (48 s of video at Wan's 4 latent frames a second; cache/archive.py and docs/POLICIES.md for the sizes).
         return Policy(
             name,
             {
                 "local": RolePolicy((Recent(3),), on_switch="recache"),
                 "anchor": RolePolicy((Sink(3), Recent(3)), on_switch="keep"),
-                "memory": RolePolicy((Sink(3), Retrieved(6, 64), Recent(9)), on_switch="recache"),
+                "memory": RolePolicy((Sink(3), Retrieved(6, 48, every=4), Recent(9)), on_switch="recache"),
             },
         )
     if name in VARIANTS:
@@ -284,8 +285,8 @@ def preset(name: str, chunk: int = 3, window: int = 21) -> Policy:
         # A uniform retrieval baseline (MemFlow, arXiv 2512.14699, read from its public text): every head keeps
         # a sink, a local window and a memory retrieved from past frames. Our reading: retrieval by the chunk's
         # queries against archived frames' mean keys (MemFlow scores with the prompt's text), the memory half
-        # the local window (the paper's best): 6 retrieved frames, 12 recent, an archive of 64.
-        return Policy(name, {"all": RolePolicy((Sink(3), Retrieved(6, 64), Recent(12)), on_switch="recache")})
+        # the local window (the paper's best): 6 retrieved frames, 12 recent, the archive headforcing-retrieval has.
+        return Policy(name, {"all": RolePolicy((Sink(3), Retrieved(6, 48, every=4), Recent(12)), on_switch="recache")})
     if name == "pyramid-forcing":
         # Pyramid Forcing (arXiv 2605.13111, read from its abstract): anchor heads keep a long history, wave
         # heads sample history at a period, veil heads only the first and the adjacent frames. Our reading:
