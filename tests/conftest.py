@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ threads.fit("tiny", "cpu")  # the tests' models are small: 2 threads, or 1 when 
 diffusers_logging.set_verbosity_error()  # the oracle casts the whole tiny model to float64 on purpose
 
 ROOT = Path(__file__).resolve().parents[1]
+# default head roles come from profiles keyed by the weights (engine/profiles.py): none of the user's own here
+os.environ["HEADFORCING_PROFILES"] = tempfile.mkdtemp(prefix="headforcing-profiles-")
 
 
 def shared_dir() -> Path:

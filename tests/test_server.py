@@ -30,8 +30,8 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, *args):
-        self.port = free_port()
+    def __init__(self, *args, port: int | None = None):
+        self.port = port or free_port()
         self.proc = subprocess.Popen([sys.executable, "-m", "headforcing", "serve", "--port", str(self.port), *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.url = self.proc.stdout.readline().split()[2]  # "headforcing live: URL  (Ctrl-C stops)"
@@ -58,7 +58,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server():
-    s = Server("--max-sessions", "1")
+    s = Server("--max-sessions", "1", "--buffer-seconds", "2")
     yield s
     assert s.stop() == 0  # Ctrl-C stops it cleanly
 
@@ -71,24 +71,63 @@ def receive(ws, kind: str, limit: int = 20) -> dict:
     raise AssertionError(f"no {kind} message")
 
 
-def test_busy_past_max_sessions_and_a_disconnect_frees_the_session(server):
+def test_a_slot_is_taken_at_start_busy_lasts_and_a_disconnect_frees_it(server):
+    """Pages that only connect hold no slot; starting past the slots is answered `busy` (the page keeps the
+    message and asks again); the slot frees when its page disconnects, and the waiting page then starts."""
     idle = server.stats()
-    with server.socket() as ws:
+    with server.socket() as ws, connect(f"ws://127.0.0.1:{server.port}/ws", max_size=None) as other:
         receive(ws, "ready")
+        assert receive(other, "ready")["sessions"] == 0 and server.stats()["sessions"] == 0  # connected, no slot
         ws.send(json.dumps(dict(type="start", prompt="a red circle bounces on a green background")))
         chunk = receive(ws, "chunk")
         assert len(chunk["frames"]) == 3 and chunk["frames"][0].startswith("data:image/png;base64,")
         busy = server.stats()
-        assert busy["sessions"] == 1 and busy["cache_bytes"] > 0
-        with connect(f"ws://127.0.0.1:{server.port}/ws", max_size=None) as other:
-            message = json.loads(other.recv(timeout=30))
-            assert message["type"] == "error" and message["message"].startswith("busy: 1 of 1 sessions")
+        assert busy["sessions"] == 1 and busy["pages"] == 2 and busy["cache_bytes"] > 0
+        other.send(json.dumps(dict(type="start", prompt="a blue square bounces on a white background")))
+        assert receive(other, "busy")["message"].startswith("busy: 1 of 1 sessions running")
+        ws.close()
+        for _ in range(200):  # the page asks again (as the page's script does every 2 s) until a slot frees
+            other.send(json.dumps(dict(type="start", prompt="a blue square bounces on a white background")))
+            answer = json.loads(other.recv(timeout=60))
+            while answer["type"] not in ("busy", "chunk"):
+                answer = json.loads(other.recv(timeout=60))
+            if answer["type"] == "chunk":
+                break
+            time.sleep(0.05)
+        assert answer["type"] == "chunk" and server.stats()["sessions"] == 1
     for _ in range(100):
         freed = server.stats()
         if freed["sessions"] == 0:
             break
         time.sleep(0.05)
     assert freed["sessions"] == 0 and freed["cache_bytes"] == 0 and freed["threads"] == idle["threads"]
+
+
+def test_an_idle_session_ends_and_frees_its_slot():
+    """--idle-timeout 1: a session whose page sends nothing (no control, no frame played while visible) ends
+    with a message, and the page can start again."""
+    s = Server("--idle-timeout", "1")
+    try:
+        with s.socket() as ws:
+            assert receive(ws, "ready")["idle_timeout"] == 1
+            ws.send(json.dumps(dict(type="start", prompt="a red circle bounces on a green background")))
+            receive(ws, "chunk")
+            ended = receive(ws, "ended", limit=200)
+            assert "without use" in ended["message"] and s.stats()["sessions"] == 0
+            ws.send(json.dumps(dict(type="start", prompt="a red circle bounces on a green background")))
+            receive(ws, "chunk")
+    finally:
+        s.stop()
+
+
+def test_the_buffer_follows_the_measured_chunk_time():
+    from headforcing.models.specs import TOY
+    from headforcing.server.app import buffer_frames
+
+    assert buffer_frames(TOY, None, None) == 6  # two chunks until a chunk has been timed
+    assert buffer_frames(TOY, 0.05, None) == 3 + 1  # a chunk, and 1.5 x 0.05 s x 4 fps rounded up
+    assert buffer_frames(TOY, 1.0, None) == 3 + 6
+    assert buffer_frames(TOY, 1.0, 2.0) == 8  # --buffer-seconds wins
 
 
 def test_bad_messages_get_an_error_and_the_socket_goes_on(server):
@@ -219,7 +258,7 @@ from headforcing.engine.session import Session
 from headforcing.server.app import create_app
 real = Session.step
 def step(self, *args, **kwargs):
-    if self.chunk == 2:
+    if self.chunk == 1:  # the second chunk: made before the page's buffer (two chunks at first) is full
         raise RuntimeError("a fault the test injected")
     return real(self, *args, **kwargs)
 Session.step = step
@@ -249,7 +288,7 @@ def test_a_session_that_fails_in_the_model_says_so_and_frees_its_slot():
                 if s.stats()["sessions"] == 0:
                     break
                 time.sleep(0.05)
-            assert s.stats() | dict(threads=0, rss_mib=0) == dict(sessions=0, cache_bytes=0, threads=0, rss_mib=0)
+            assert s.stats() | dict(threads=0, rss_mib=0) == dict(sessions=0, pages=0, cache_bytes=0, threads=0, rss_mib=0)
     finally:
         s.proc.terminate()
         s.proc.wait(30)
@@ -349,5 +388,57 @@ def test_the_page_in_headless_chromium(tmp_path):
         assert [c["prompt"] for c in timeline] == ["a yellow circle bounces on a blue background", "a yellow circle bounces on a red background"]
         frames = count_frames(files[".mp4"])
         assert frames >= timeline[1]["start_frame"] and frames % 3 == 0
+    finally:
+        s.stop()
+
+
+def wait_for_text(page, selector: str, text: str, timeout: float = 60) -> str:
+    start = time.time()
+    while time.time() - start < timeout:
+        shown = page.inner_text(selector)
+        if text in shown:
+            return shown
+        page.wait_for_timeout(100)
+    raise AssertionError(f"{selector} never said {text!r}; it says {page.inner_text(selector)!r}")
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
+                    reason="no Chromium here (`apt-get install chromium`; .ci/run installs it, and under CI=true its absence fails)")
+def test_tabs_share_the_slots_and_the_page_reconnects_in_chromium():
+    """One slot: a second tab that presses Enter is told the server is busy, the message stays, and it starts by
+    itself when the first tab stops. The toy model's vocabulary is shown and an unknown word is noted on the
+    page. After the server restarts on the same port the page reconnects; its controls are disabled meanwhile."""
+    from playwright.sync_api import sync_playwright
+
+    s = Server("--max-sessions", "1")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+            first, second = browser.new_page(), browser.new_page()
+            for page in (first, second):
+                page.goto(s.url)
+                wait_for_text(page, "#status", "connected")
+            assert "words this model knows:" in first.inner_text("#vocabulary") and " circle " in first.inner_text("#vocabulary")
+            first.fill("#prompt", "a corgi circle bounces on a green background")
+            first.press("#prompt", "Enter")
+            wait_for_background(first, "green")
+            assert "ignoring corgi" in first.inner_text("#notes")
+            second.fill("#prompt", "a yellow circle bounces on a red background")
+            second.press("#prompt", "Enter")
+            wait_for_text(second, "#status", "busy: 1 of 1 sessions running")
+            second.wait_for_timeout(3000)  # asked again meanwhile: the message stays
+            assert "busy" in second.inner_text("#status")
+            first.click("#stop")
+            wait_for_background(second, "red")
+            assert "headforcing" in second.inner_text("#stats")
+            s.stop()
+            wait_for_text(second, "#status", "reconnecting")
+            assert second.is_disabled("#restart") and second.is_disabled("#prompt")
+            s = Server("--max-sessions", "1", port=s.port)
+            wait_for_text(second, "#status", "connected:")
+            assert second.is_enabled("#restart")
+            second.press("#prompt", "Enter")  # the box still holds the prompt: a new session on the new server
+            wait_for_background(second, "red")
+            browser.close()
     finally:
         s.stop()

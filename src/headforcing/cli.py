@@ -205,7 +205,12 @@ def build_parser() -> Parser:
     srv.add_argument("--host", default="127.0.0.1", help="address to bind; any other than this machine's loopback needs a token")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--token", help="required on the page URL and the WebSocket (generated and printed off localhost)")
-    srv.add_argument("--max-sessions", type=int, default=2, help="live sessions at once; more connections are told the server is busy")
+    srv.add_argument("--max-sessions", type=int, default=2, help="live sessions at once (a page takes a slot when it "
+                     "starts one); a page starting past them is told the server is busy and starts when a slot frees")
+    srv.add_argument("--idle-timeout", type=float, default=600.0, metavar="SECONDS",
+                     help="end a session after this long without a control or a frame played in a visible page (default 600)")
+    srv.add_argument("--buffer-seconds", type=float, metavar="SECONDS",
+                     help="video the page may hold unplayed (default: measured, one chunk plus 1.5x what plays while one is made)")
     srv.add_argument("--blend-chunks", type=int, default=0, help="blend the text conditioning over N chunks at a prompt switch (0: hard)")
     srv.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                      help="a further name the Host header may give (e.g. a reverse proxy's); repeatable. By default only the "
@@ -535,6 +540,8 @@ def run_serve(args) -> int:
 
     if not 1 <= args.max_sessions <= 64 or not 0 <= args.blend_chunks <= 64 or not 0 <= args.port <= 65535:
         raise UsageError("--max-sessions must be 1..64, --blend-chunks 0..64 and --port 0..65535")
+    if not 1 <= args.idle_timeout <= 86400 or (args.buffer_seconds is not None and not 0 < args.buffer_seconds <= 60):
+        raise UsageError("--idle-timeout must be 1..86400 seconds and --buffer-seconds in (0, 60]")
     local = args.host in ("127.0.0.1", "localhost", "::1")
     token = args.token or (None if local else secrets.token_urlsafe(16))
     bad = [o for o in args.allow_origin if not o.startswith(("http://", "https://"))]
@@ -550,7 +557,8 @@ def run_serve(args) -> int:
     pipe = load(args.model, **load_args(args))
     if args.compile:
         pipe.compile(args.compile)
-    app = create_app(pipe, args.max_sessions, token, args.blend_chunks, hosts, tuple(args.allow_origin))
+    app = create_app(pipe, args.max_sessions, token, args.blend_chunks, hosts, tuple(args.allow_origin),
+                     args.idle_timeout, args.buffer_seconds)
     host = f"[{args.host}]" if ":" in args.host else args.host
     port = sock.getsockname()[1]  # the one it got, with --port 0
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

@@ -79,7 +79,7 @@ class KVStore:
         self.chunk_rot = torch.zeros(C * T, head_dim // 2, 2, device=device)  # the chunk's rotations (cos, sin)
         self.k_raw = self.k_new = self.v_new = None
         if not self.absolute:
-            self.k_raw = torch.zeros(B, Hg, self.capacity * T, head_dim, dtype=dtype, device=device)
+            self.k_raw = torch.zeros(B, Hg, self.retrieved_first * T, head_dim, dtype=dtype, device=device)  # kept slots
             self.k_new = torch.zeros(B, Hg, C * T, head_dim, dtype=dtype, device=device)  # the committed chunk's raw keys
         self.bias = None
         if self.n_coarse:

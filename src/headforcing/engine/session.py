@@ -113,7 +113,7 @@ class Session:
         if not isinstance(prompt, str) or not prompt.strip():
             raise UsageError("the prompt is empty")
         self.policy, self.headmap = check_options(self.spec, self.options, headmap)
-        self.heads_source = "given" if headmap is not None else (self.options.heads or "shares")  # path, "auto" or shares
+        self.heads_source = "given" if headmap is not None else (self.options.heads or ("uniform" if len(self.policy.roles) == 1 else "shares"))
         if headmap is None and self.options.heads is None and len(self.policy.roles) > 1:
             measured = measured_headmap(pipe.fingerprint(), rule_for(self.policy, self.options), self.spec.num_layers, self.spec.num_heads)
             if measured is not None:  # roles measured on these weights (engine/profiles.py), else the fixed shares

@@ -55,7 +55,7 @@ class Live:
     def stats(self) -> dict:
         s = self.session.stats()
         return dict(chunk=s["chunks"], frames=s["video_frames"], seconds=s["seconds"], cache_mib=s["cache_bytes"] / 2**20,
-                    episodic=s["episodic"], prompt=s["prompt"], policy=s["policy"], seed=self.session.options.seed)
+                    episodic=s["episodic"], prompt=s["prompt"], policy=s["policy"], seed=self.session.options.seed, heads=s["heads"])
 
     def timeline(self) -> list[dict]:
         fps = self.pipe.spec.fps
