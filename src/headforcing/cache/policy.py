@@ -308,15 +308,16 @@ def preset(name: str, chunk: int = 3, window: int = 21) -> Policy:
 PRESETS = ("full", "self-forcing", "longlive", "infinity-rope", "deep-forcing", "headforcing", "headforcing-coarse",
            "headforcing-retrieval", "dummy-forcing", "forcing-kv", "pyramid-forcing", "memflow")
 # Head Forcing's variants, one change each, for ablations (reachable by name; not in the preset lists)
-VARIANTS = ("headforcing-near", "headforcing-replace", "headforcing-merge", "headforcing-keep-first")
+VARIANTS = ("headforcing-near", "headforcing-replace", "headforcing-merge", "headforcing-keep-first", "headforcing-retrieval-near")
 
 
 def variant(name: str, chunk: int = 3, window: int = 21) -> Policy:
     """`headforcing` with one change to its memory heads: `-near` numbers the episodic slots right before the
-    chunk; `-replace` / `-merge` / `-keep-first` fix the episodic slots' rule (cache/episodic.py)."""
-    base = preset("headforcing", chunk, window)
+    chunk; `-replace` / `-merge` / `-keep-first` fix the episodic slots' rule (cache/episodic.py);
+    `-retrieval-near` is `headforcing-retrieval` with its retrieved slots right before the chunk."""
+    base = preset("headforcing-retrieval" if name == "headforcing-retrieval-near" else "headforcing", chunk, window)
     memory = base.roles["memory"]
-    if name == "headforcing-near":
+    if name.endswith("-near"):
         memory = replace(memory, memory_at="near")
     else:
         rule = name.removeprefix("headforcing-")
