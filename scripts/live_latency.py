@@ -4,7 +4,7 @@ Starts `headforcing serve` (toy model, default measured buffer unless --buffer-s
 a session, then switches the background colour N times, each after the previous one showed, and times from the
 key press to the first canvas frame of the new colour (polled every ~20 ms). Also saves screenshots of the page
 at 1280x720 and 800x600. Usage:
-    python scripts/live_latency.py --switches 12 --out docs/live_latency.json --screenshots docs/
+    python scripts/live_latency.py --switches 20 --out docs/live_latency.json --screenshots docs/   [--no-skip] [--buffer-seconds S]
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def main() -> int:
     parser.add_argument("--switches", type=int, default=12)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--buffer-seconds", type=float)
+    parser.add_argument("--no-skip", action="store_true", help="untick 'skip ahead': buffered frames of the old prompt play first")
     parser.add_argument("--out", help="JSON with every latency and the summary")
     parser.add_argument("--screenshots", help="folder for live_1280x720.png and live_800x600.png")
     args = parser.parse_args()
@@ -64,6 +65,8 @@ def main() -> int:
             page = browser.new_page(viewport=dict(width=1280, height=720))
             page.goto(url)
             page.wait_for_selector("#status:has-text('connected')")
+            if args.no_skip:
+                page.uncheck("#skip")
             switch(page, "green")
             page.wait_for_timeout(2000)  # the chunk time is measured: the buffer settles
             latencies = []
@@ -85,7 +88,7 @@ def main() -> int:
         server.wait(30)
     summary = dict(switches=len(latencies), median=statistics.median(latencies), low=min(latencies), high=max(latencies),
                    p90=sorted(latencies)[int(0.9 * (len(latencies) - 1))], latencies=[round(x, 3) for x in latencies],
-                   buffer_seconds=args.buffer_seconds, machine=f"{platform.machine()} {platform.processor() or ''}".strip(),
+                   buffer_seconds=args.buffer_seconds, skip_ahead=not args.no_skip, machine=f"{platform.machine()} {platform.processor() or ''}".strip(),
                    date=str(date.today()), command=" ".join(["python", *sys.argv]))
     print(json.dumps({k: v for k, v in summary.items() if k != "latencies"}))
     print("latencies (s):", " ".join(f"{x:.2f}" for x in latencies))
