@@ -342,3 +342,56 @@ def test_a_run_that_cannot_fit_is_refused_naming_a_size_that_would(tmp_path, cap
     assert estimate.run_bytes(TOY, "headforcing", (width, height), torch.float32) <= 2**30
     assert estimate.run_bytes(TOY, "headforcing", (width + 8, height + 4), torch.float32) > 2**30 * 0.8
     assert list(tmp_path.iterdir()) == []
+
+
+TWO_SIGNALS_IN_ONE_OPERATION = """
+import os, signal, sys, threading, time
+import torch
+from headforcing import signals
+signals.install()
+a = torch.randn(3000, 3000)
+started = threading.Event()
+def send_two():
+    started.wait()
+    time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGINT)
+threading.Thread(target=send_two, daemon=True).start()
+with signals.deferred() as stop:
+    started.set()
+    try:
+        a = torch.linalg.matrix_power(a, 40)  # one long C call (seconds): Python's handler runs once, after it
+        print("asked to stop once" if stop else "no signal")
+    except signals.Interrupted as e:
+        print(e.message)
+"""
+
+SIGNAL_IN_A_FINALIZER = """
+import os, signal, sys
+from headforcing import signals
+class Library:
+    def __del__(self):  # a finalizer that runs during start-up, when the signal lands
+        os.kill(os.getpid(), signal.SIGTERM)
+signals.install()
+Library()  # collected at once: the signal arrives inside __del__, where a raise would be lost
+print("start-up done", flush=True)
+try:
+    with signals.deferred():
+        print("the run began: the signal was lost")
+except signals.Interrupted as e:
+    print(e.message, e.code)
+"""
+
+
+def test_two_signals_inside_one_long_operation_stop_at_once():
+    """Two SIGINTs 50 ms apart while one long stretch of C code runs: Python calls the handler once, but the
+    wakeup pipe counted two deliveries, so the run stops at once instead of after the chunk."""
+    out = subprocess.run([sys.executable, "-c", TWO_SIGNALS_IN_ONE_OPERATION], capture_output=True, text=True, timeout=600)
+    assert out.stdout.strip() == "interrupted again: stopped at once", out.stdout + out.stderr
+
+
+def test_a_signal_inside_a_finalizer_at_start_up_is_not_lost():
+    out = subprocess.run([sys.executable, "-c", SIGNAL_IN_A_FINALIZER], capture_output=True, text=True, timeout=600)
+    assert out.stdout.split("\n")[:2] == ["start-up done", "interrupted 143"], out.stdout + out.stderr
+    assert out.stderr == ""  # nothing printed as "Exception ignored in __del__"

@@ -610,7 +610,9 @@ def main(argv=None) -> int:
             "toyworld": run_toyworld,
             "serve": run_serve,
         }
-        return commands[args.command](args)
+        code = commands[args.command](args)
+        signals.check()  # a signal kept from inside a finalizer still ends the run with its code
+        return code
     except UsageError as e:
         print(f"headforcing: error: {e}", file=sys.stderr)
         return 2
