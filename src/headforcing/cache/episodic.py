@@ -124,6 +124,43 @@ class EpisodicMemory:
         self.usage[held] = d * self.usage[held] + (1 - d) * mass[store.episodic_first : store.episodic_first + self.held]
 
 
+    # ---- state ---------------------------------------------------------------------------------------
+    def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(JSON-able fields, tensors): the held slots' counts and usage, the coarse ring, the query generator.
+        (The slots' frames are the store's to save, with its other frames.)"""
+        meta = dict(count=[int(c) for c in self.count[: self.held].tolist()], usage=self.usage[: self.held].tolist())
+        if len(self.pooled_frames):
+            meta["pooled"] = dict(frames=self.pooled_frames.tolist(), next=int(self.pooled_next))
+        return meta, {"generator": self.gen.get_state()}
+
+    def check_state(self, meta, held: int) -> str | None:
+        """What is wrong with a saved memory of `held` slots (None: it fits)."""
+        if not (isinstance(meta, dict) and isinstance(meta.get("count"), list) and len(meta["count"]) == held
+                and isinstance(meta.get("usage"), list) and len(meta["usage"]) == held):
+            return "episodic slots"
+        pooled = meta.get("pooled")
+        ring = len(self.pooled_frames)
+        if ring and not (isinstance(pooled, dict) and isinstance(pooled.get("frames"), list) and len(pooled["frames"]) == ring
+                         and all(_whole(f) for f in pooled["frames"]) and _whole(pooled.get("next")) and pooled["next"] < ring):
+            return "coarse level"
+        return None
+
+    def load_state(self, meta: dict, tensors: dict[str, torch.Tensor], frames: list[int]) -> None:
+        """Inverse of `state()`; `frames`: the held slots' frames (from the store's saved frames)."""
+        self.held = len(frames)
+        for name, values in (("frames", frames), ("count", meta["count"]), ("usage", meta["usage"])):
+            buffer = getattr(self, name)
+            buffer[: self.held] = torch.tensor(values, dtype=buffer.dtype)
+        self.gen.set_state(tensors["generator"])
+        if len(self.pooled_frames):
+            self.pooled_frames.copy_(torch.tensor(meta["pooled"]["frames"]))
+            self.pooled_next.fill_(meta["pooled"]["next"])
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def read_log(log: list[dict]) -> list[dict]:
     """The decisions with their device values read (one wait for the device, when asked)."""
     out = []

@@ -64,6 +64,23 @@ class HeadProfiler:
         self.distance[kind][store.layer, heads] += by_distance.mean((0, 2))
         self.count[kind][store.layer, heads] += 1
 
+    def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(JSON-able fields, tensors) to continue profiling exactly: the sums, the generator, the query sample."""
+        tensors = {f"{name}.{kind}": getattr(self, name)[kind].clone() for name in ("mass", "distance", "count") for kind in KINDS}
+        tensors["generator"] = self.gen.get_state()
+        if self.sampled_for is not None:
+            tensors["sample"] = self.sample.clone()
+        return dict(sampled_for=self.sampled_for), tensors
+
+    def load_state(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        for name in ("mass", "distance", "count"):
+            for kind in KINDS:
+                getattr(self, name)[kind] = tensors[f"{name}.{kind}"]
+        self.gen.set_state(tensors["generator"])
+        self.sampled_for = tuple(meta["sampled_for"]) if meta["sampled_for"] else None
+        if self.sampled_for is not None:
+            self.sample = tensors["sample"]
+
     def stats(self) -> dict:
         """Means per (layer, head), as JSON-able lists."""
         out = {"num_layers": self.shape[0], "num_heads": self.shape[1], "queries": self.queries,

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from .archive import Archive
+from .episodic import EMPTY
 from .rope import Rope, rotate
 from .policy import RolePolicy
 
@@ -296,6 +297,70 @@ class KVStore:
             if 0 <= i < count:
                 src = slice(i * self.T, (i + 1) * self.T)
                 self._write(slot, k_raw[:, :, src], v[:, :, src], k_rot[:, :, src] if self.absolute else None)
+
+    # ---- state ---------------------------------------------------------------------------------------
+    def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(JSON-able fields, tensors) of what this store keeps: its kept slots' keys (raw; rotated too with
+        absolute positions) and values, frame bookkeeping, and its episodic memory's and archive's own state.
+        (Retrieved slots are refilled from the archive at every forward: not saved.)"""
+        used = slice(0, self.kept * self.T)
+        tensors = {"v": self.v_ctx[:, :, used]}
+        if self.k_raw is not None:
+            tensors["k_raw"] = self.k_raw[:, :, used]
+        if self.absolute:
+            tensors["k_rot"] = self.k_ctx[:, :, used]
+        meta = dict(layer=self.layer, role=self.name, heads=self.heads, frames=self.held_frames(), recent_next=self.recent_next,
+                    memory=None, archive=None)
+        for name in ("memory", "archive"):
+            part = getattr(self, name)
+            if part is not None:
+                meta[name], parts = part.state()
+                tensors.update({f"{name}.{key}": t for key, t in parts.items()})
+        return meta, tensors
+
+    def check_state(self, meta: dict, tensors: dict[str, torch.Tensor]) -> str | None:
+        """What is wrong with a saved state for this store (None: it fits). Nothing is changed."""
+        if (meta["layer"], meta["role"], meta["heads"]) != (self.layer, self.name, self.heads):
+            return f"it is layer {meta['layer']} {meta['role']}, expected layer {self.layer} {self.name}"
+        n = len(meta["frames"])
+        if self.n_coarse and n == self.coarse_first:  # the episodic slots are full: the coarse ones are attended
+            n = self.retrieved_first
+        if n > self.retrieved_first:
+            return f"it holds {n} frames, capacity {self.retrieved_first}"
+        shape = (1, len(self.heads), n * self.T, self.v_ctx.shape[-1])
+        names = ["v"] + (["k_raw"] if self.k_raw is not None else []) + (["k_rot"] if self.absolute else [])
+        for name in names:
+            if name not in tensors or tuple(tensors[name].shape) != shape:
+                return f"{name} is {'missing' if name not in tensors else tuple(tensors[name].shape)}, expected {shape}"
+        if meta["recent_next"] >= max(self.n_recent, 1):
+            return "its ring position"
+        if (meta["memory"] is None) != (self.memory is None) or (meta.get("archive") is None) != (self.archive is None):
+            return "its memory segments differ from the policy's"
+        if self.memory is not None:
+            wrong = self.memory.check_state(meta["memory"], max(0, len(meta["frames"]) - self.episodic_first))
+            if wrong or "memory.generator" not in tensors:
+                return wrong or "memory.generator is missing"
+        if self.archive is not None:
+            parts = {k.removeprefix("archive."): t for k, t in tensors.items() if k.startswith("archive.")}
+            wrong = self.archive.check_state(meta["archive"], parts)
+            if wrong:
+                return f"its archive ({wrong})"
+        return None
+
+    def load_state(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Inverse of `state()`, after `check_state()` found nothing wrong."""
+        n = tensors["v"].shape[2]
+        for buffer, name in ((self.v_ctx, "v"), (self.k_raw, "k_raw"), (self.k_ctx if self.absolute else None, "k_rot")):
+            if buffer is not None:
+                buffer[:, :, :n] = tensors[name].to(buffer.device, buffer.dtype)
+        frames = list(meta["frames"])
+        self.frames, self.recent_next = frames[: self.episodic_first], meta["recent_next"]
+        if self.memory is not None:
+            self.memory.load_state(meta["memory"], {"generator": tensors["memory.generator"]}, frames[self.episodic_first :])
+            if self.n_coarse:
+                self.mark_pooled(self.memory.pooled_frames != EMPTY)
+        if self.archive is not None:
+            self.archive.load_state(meta["archive"], {k.removeprefix("archive."): t for k, t in tensors.items() if k.startswith("archive.")})
 
     # ---- slot operations for the episodic memory ------------------------------------------------------
     def blend_slot(self, src: int, dst, weight: torch.Tensor | None) -> None:

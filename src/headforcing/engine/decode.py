@@ -28,6 +28,28 @@ class StreamingVaeDecoder:
         self.feat_cache = [None] * sum(type(m).__name__ == "WanCausalConv3d" for m in self.vae.decoder.modules())
         self.first = True
 
+    def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(JSON-able fields, tensors): the causal convolutions' feature cache (a tensor, None or diffusers'
+        "Rep" marker per entry) and whether the next latent frame is the first."""
+        kinds, tensors = [], {}
+        for j, entry in enumerate(self.feat_cache):
+            if isinstance(entry, torch.Tensor):
+                tensors[f"feat.{j}"] = entry
+                kinds.append("tensor")
+            else:
+                kinds.append(entry)
+        return dict(first=self.first, feat=kinds), tensors
+
+    def check_state(self, meta: dict, tensors: dict[str, torch.Tensor]) -> str | None:
+        if len(meta["feat"]) != len(self.feat_cache):
+            return "a VAE decoder state this session does not decode with (decode option changed?)"
+        missing = [j for j, kind in enumerate(meta["feat"]) if kind == "tensor" and f"feat.{j}" not in tensors]
+        return f"decoder.feat.{missing[0]} is missing" if missing else None
+
+    def load_state(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        self.feat_cache = [tensors[f"feat.{j}"].to(self.device) if kind == "tensor" else kind for j, kind in enumerate(meta["feat"])]
+        self.first = meta["first"]
+
     @torch.no_grad()
     def decode_float(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, F, C, h, w] (normalised, as the DiT makes them) -> video [B, 3, F', H, W] in [-1, 1]."""

@@ -144,9 +144,9 @@ class Pipeline:
 
     def resume(self, path: str):
         """The session saved at `path`, ready to make its next chunk."""
-        from .state import load_session
+        from .session import Session
 
-        return load_session(self, path)
+        return Session.load(self, path)
 
 
 def model_spec(model: str = "toy", wan_dir: str | None = None, checkpoint: str | None = None):

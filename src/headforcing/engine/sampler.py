@@ -31,6 +31,12 @@ class SeededNoise:
     def step(self, index: int, step: int, shape) -> torch.Tensor:
         return torch.randn(shape, generator=self.gen)
 
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.gen.get_state()}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.gen.set_state(tensors["generator"])
+
 
 class RecordedNoise:
     """Replays the draws of a recording: initial noise [B, F, C, H, W] and one re-noising draw per step."""

@@ -22,6 +22,7 @@ from ..cache.profiler import HeadProfiler, classify, parse_rule
 from .. import threads
 from ..errors import UsageError
 from ..models.schedule import Schedule
+from . import state
 from .profiles import measured_headmap
 from .sampler import ChunkSampler, SeededNoise
 
@@ -309,8 +310,21 @@ class Session:
         return Mp4Writer(path, self.width, self.height, self.spec.fps, crf)
 
     def save(self, path: str, run: dict | None = None) -> None:
-        """Write this session's whole state to one safetensors file (tensors + JSON metadata, no pickle).
-        `run`: JSON-able facts of the run driving it (what `generate --resume` needs), kept with the state."""
-        from .state import save_session
+        """Write this session's whole state to one safetensors file (tensors + JSON metadata, no pickle); each
+        part gives its own (engine/state.py has the format). `run`: JSON-able facts of the run driving it (what
+        `generate --resume` needs), kept with the state."""
+        state.write_state(path, *state.session_state(self, run))
 
-        save_session(self, path, run)
+    @classmethod
+    def load(cls, pipe, path: str) -> "Session":
+        """The session saved at `path`, continuing exactly where it stopped (checked whole first)."""
+        meta, tensors = state.read_state(path)
+        try:
+            prompt, options, headmap, episodic = state.session_args(pipe, meta, path)
+            session = cls(pipe, prompt, episodic=episodic, headmap=headmap, **options)
+            state.restore(session, meta, tensors, path)
+        except UsageError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:  # edited metadata
+            raise UsageError(f"{path} is inconsistent: its metadata does not describe a session ({type(e).__name__}: {e})") from None
+        return session

@@ -22,7 +22,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..cache.episodic import ACTIONS, EMPTY, EpisodicConfig
+from ..cache.episodic import ACTIONS, EpisodicConfig
 from ..cache.headmap import HeadMap
 from ..cache.policy import Episodic
 from ..errors import UsageError
@@ -67,53 +67,33 @@ def digest(tensors: dict[str, torch.Tensor], meta: dict) -> str:
 
 
 # ---- saving ---------------------------------------------------------------------------------------------
-def save_session(session, path: str, run: dict | None = None) -> None:
-    cpu = lambda t: t.detach().to("cpu").contiguous().clone()  # noqa: E731
-    tensors = {"noise.generator": session.noise.gen.get_state()}
+def prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A part's tensors under its name in the file, copied to the CPU."""
+    return {f"{prefix}.{name}": t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
+
+
+def part(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The file's tensors of one part, under the names the part gave them."""
+    return {name.removeprefix(prefix + "."): t for name, t in tensors.items() if name.startswith(prefix + ".")}
+
+
+def session_state(session, run: dict | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a session: each part (stores, decoder, profiler, noise) gives its own."""
+    tensors = prefixed("noise", session.noise.state())
     if session.recent is not None:
-        tensors["recent"] = cpu(session.recent)
+        tensors["recent"] = session.recent.detach().to("cpu").contiguous().clone()
     stores = []
     for i, store in enumerate(session.cache.stores()):
-        used = slice(0, store.kept * store.T)  # (retrieved slots are refilled from the archive at every forward)
-        if store.k_raw is not None:
-            tensors[f"store.{i}.k_raw"] = cpu(store.k_raw[:, :, used])
-        if store.absolute:
-            tensors[f"store.{i}.k_rot"] = cpu(store.k_ctx[:, :, used])
-        tensors[f"store.{i}.v"] = cpu(store.v_ctx[:, :, used])
-        memory = None
-        if store.memory is not None:
-            held = store.memory.held
-            memory = dict(count=[int(c) for c in store.memory.count[:held].tolist()], usage=store.memory.usage[:held].tolist())
-            if store.n_coarse:
-                memory["pooled"] = dict(frames=store.memory.pooled_frames.tolist(), next=int(store.memory.pooled_next))
-            tensors[f"store.{i}.memory.generator"] = store.memory.gen.get_state()
-        archive = None
-        if store.archive is not None:
-            archive, parts = store.archive.state()
-            tensors.update({f"store.{i}.archive.{name}": cpu(t) for name, t in parts.items()})
-        stores.append(dict(layer=store.layer, role=store.name, heads=store.heads, frames=store.held_frames(),
-                           recent_next=store.recent_next, memory=memory, archive=archive))
-    decoder = None
+        meta, parts = store.state()
+        stores.append(meta)
+        tensors |= prefixed(f"store.{i}", parts)
+    decoder = profiler = None
     if isinstance(session.decoder, StreamingVaeDecoder):
-        kinds = []
-        for j, entry in enumerate(session.decoder.feat_cache):
-            if isinstance(entry, torch.Tensor):
-                tensors[f"decoder.feat.{j}"] = cpu(entry)
-                kinds.append("tensor")
-            else:
-                kinds.append(entry)  # None, or diffusers' "Rep" marker
-        decoder = dict(first=session.decoder.first, feat=kinds)
-    profiler = None
+        decoder, parts = session.decoder.state()
+        tensors |= prefixed("decoder", parts)
     if session.profiler is not None:
-        p = session.profiler
-        for kind in KINDS:
-            tensors[f"profiler.mass.{kind}"] = p.mass[kind].clone()
-            tensors[f"profiler.distance.{kind}"] = p.distance[kind].clone()
-            tensors[f"profiler.count.{kind}"] = p.count[kind].clone()
-        tensors["profiler.generator"] = p.gen.get_state()
-        if p.sampled_for is not None:
-            tensors["profiler.sample"] = p.sample.clone()
-        profiler = dict(sampled_for=p.sampled_for)
+        profiler, parts = session.profiler.state()
+        tensors |= prefixed("profiler", parts)
     meta = dict(
         format=FORMAT, version=VERSION, model=model_identity(session.pipe),
         options=asdict(session.options), episodic=asdict(session.episodic) if session.episodic else None,
@@ -125,6 +105,11 @@ def save_session(session, path: str, run: dict | None = None) -> None:
         run=run,
     )
     meta["sha256"] = digest(tensors, meta)
+    return meta, tensors
+
+
+def write_state(path: str, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """One safetensors file, whole or not at all."""
     target = Path(path)
     if target.suffix != ".safetensors":
         raise UsageError(f"a session state is a .safetensors file, got {path}")
@@ -171,25 +156,6 @@ def check_model(meta: dict, pipe, path: str) -> None:
         raise UsageError(f"{path} was saved in {saved['dtype']}; the model is loaded in {mine['dtype']} (use --dtype {saved['dtype']})")
 
 
-def expect(tensors: dict, name: str, shape: tuple, path: str) -> torch.Tensor:
-    t = tensors.get(name)
-    if t is None or tuple(t.shape) != tuple(shape):
-        got = "missing" if t is None else f"shape {tuple(t.shape)}"
-        raise UsageError(f"{path} is inconsistent: {name} is {got}, expected {tuple(shape)}")
-    return t
-
-
-def load_session(pipe, path: str):
-    """A session continuing exactly where the one saved at `path` stopped."""
-    meta, tensors = read_state(path)
-    try:
-        return build_session(pipe, meta, tensors, path)
-    except UsageError:
-        raise
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:  # edited metadata
-        raise UsageError(f"{path} is inconsistent: its metadata does not describe a session ({type(e).__name__}: {e})") from None
-
-
 def whole(value, low: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
@@ -228,9 +194,8 @@ def check_fields(meta: dict, path: str) -> None:
         isinstance(sampled, list) and len(sampled) == 2 and all(whole(v) for v in sampled)))), "profiler state")
 
 
-def build_session(pipe, meta: dict, tensors: dict, path: str):
-    from .session import Session
-
+def session_args(pipe, meta: dict, path: str) -> tuple[str, dict, HeadMap | None, EpisodicConfig | None]:
+    """(prompt, options, HeadMap, episodic settings) to open the session a checked state continues."""
     check_model(meta, pipe, path)
     check_fields(meta, path)
     options = dict(meta["options"])
@@ -238,91 +203,35 @@ def build_session(pipe, meta: dict, tensors: dict, path: str):
         options["size"] = tuple(options["size"])
     headmap = HeadMap.from_json(meta["headmap"]) if meta["headmap"] is not None else None
     episodic = EpisodicConfig(**meta["episodic"]) if meta["episodic"] is not None else None
-    session = Session(pipe, meta["prompt"], episodic=episodic, headmap=headmap, **options)
-    if policy_json(session.policy) != meta["policy"]:
-        raise UsageError(f"{path} was saved with another definition of policy {options['policy']!r}")
-    if (session.headmap is None) != (meta["headmap"] is None):
-        raise UsageError(f"{path} is inconsistent: profiling state and HeadMap disagree")
-    restore(session, meta, tensors, path)
-    return session
+    return meta["prompt"], options, headmap, episodic
 
 
 def restore(session, meta: dict, tensors: dict, path: str) -> None:
-    """Check every saved piece against the freshly built session, then copy it in."""
+    """Check every saved part against the freshly opened session, then copy each in."""
+    if policy_json(session.policy) != meta["policy"]:
+        raise UsageError(f"{path} was saved with another definition of policy {meta['options']['policy']!r}")
+    if (session.headmap is None) != (meta["headmap"] is None):
+        raise UsageError(f"{path} is inconsistent: profiling state and HeadMap disagree")
     stores = session.cache.stores()
     if len(stores) != len(meta["stores"]):
         raise UsageError(f"{path} is inconsistent: {len(meta['stores'])} stores saved, the session has {len(stores)}")
-    writes = []  # (buffer, tokens, tensor) copied in only once everything is checked
     for i, (store, saved) in enumerate(zip(stores, meta["stores"])):
-        if (saved["layer"], saved["role"], saved["heads"]) != (store.layer, store.name, store.heads):
-            raise UsageError(f"{path} is inconsistent: store {i} is layer {saved['layer']} {saved['role']}, expected layer {store.layer} {store.name}")
-        n = len(saved["frames"])
-        if store.n_coarse and n == store.coarse_first:  # the episodic slots are full: the coarse ones are attended
-            n = store.capacity
-        if n > store.capacity:
-            raise UsageError(f"{path} is inconsistent: store {i} holds {n} frames, capacity {store.capacity}")
-        shape = (1, len(store.heads), n * store.T, store.v_ctx.shape[-1])
-        used = slice(0, n * store.T)
-        if store.k_raw is not None:
-            writes.append((store.k_raw, used, expect(tensors, f"store.{i}.k_raw", shape, path)))
-        if store.absolute:
-            writes.append((store.k_ctx, used, expect(tensors, f"store.{i}.k_rot", shape, path)))
-        writes.append((store.v_ctx, used, expect(tensors, f"store.{i}.v", shape, path)))
-        if (saved["memory"] is None) != (store.memory is None):
-            raise UsageError(f"{path} is inconsistent: store {i}'s episodic memory")
-        pooled = (saved["memory"] or {}).get("pooled")
-        if store.n_coarse and not (isinstance(pooled, dict) and isinstance(pooled.get("frames"), list) and len(pooled["frames"]) == 4 * store.n_coarse
-                                   and all(whole(f, 0) for f in pooled["frames"]) and whole(pooled.get("next"), 0) and pooled["next"] < 4 * store.n_coarse):
-            raise UsageError(f"{path} is inconsistent: store {i}'s coarse level")
-        if store.archive is not None:
-            parts = {name: tensors[f"store.{i}.archive.{name}"] for name in ("k", "v", "desc") if f"store.{i}.archive.{name}" in tensors}
-            wrong = store.archive.check_state(saved.get("archive"), parts)
-            if wrong:
-                raise UsageError(f"{path} is inconsistent: store {i}'s archive ({wrong})")
-        elif saved.get("archive") is not None:
-            raise UsageError(f"{path} is inconsistent: store {i} has no archive")
-        if saved["recent_next"] >= max(store.n_recent, 1) or (store.memory is not None and len(saved["memory"]["count"]) != max(0, len(saved["frames"]) - store.episodic_first)):
-            raise UsageError(f"{path} is inconsistent: store {i}'s ring position or episodic slots")
-    feats = []
+        wrong = store.check_state(saved, part(f"store.{i}", tensors))
+        if wrong:
+            raise UsageError(f"{path} is inconsistent: store {i}: {wrong}")
     if meta["decoder"] is not None:
-        if not isinstance(session.decoder, StreamingVaeDecoder) or len(meta["decoder"]["feat"]) != len(session.decoder.feat_cache):
-            raise UsageError(f"{path} holds a VAE decoder state this session does not decode with (decode option changed?)")
-        for j, kind in enumerate(meta["decoder"]["feat"]):
-            if kind == "tensor" and f"decoder.feat.{j}" not in tensors:
-                raise UsageError(f"{path} is inconsistent: decoder.feat.{j} is missing")
-            feats.append(tensors[f"decoder.feat.{j}"].to(session.decoder.device) if kind == "tensor" else kind)
+        wrong = session.decoder.check_state(meta["decoder"], part("decoder", tensors)) if isinstance(session.decoder, StreamingVaeDecoder) \
+            else "a VAE decoder state this session does not decode with (decode option changed?)"
+        if wrong:
+            raise UsageError(f"{path} holds {wrong}" if wrong.startswith("a VAE") else f"{path} is inconsistent: {wrong}")
     # everything checked: copy in
-    for buffer, used, t in writes:
-        buffer[:, :, used] = t.to(buffer.device, buffer.dtype)
     for i, (store, saved) in enumerate(zip(stores, meta["stores"])):
-        frames = list(saved["frames"])
-        store.frames, store.recent_next = frames[: store.episodic_first], saved["recent_next"]
-        if store.memory is not None:
-            memory, held = store.memory, len(frames) - len(store.frames)
-            memory.held = held
-            for name, values in (("frames", frames[store.episodic_first :]), ("count", saved["memory"]["count"]),
-                                 ("usage", saved["memory"]["usage"])):
-                buffer = getattr(memory, name)
-                buffer[:held] = torch.tensor(values, dtype=buffer.dtype)
-            memory.gen.set_state(tensors[f"store.{i}.memory.generator"])
-            if store.n_coarse:
-                pooled = saved["memory"]["pooled"]
-                memory.pooled_frames.copy_(torch.tensor(pooled["frames"]))
-                memory.pooled_next.fill_(pooled["next"])
-                store.mark_pooled(memory.pooled_frames != EMPTY)
-        if store.archive is not None:
-            store.archive.load_state(saved["archive"], {name: tensors[f"store.{i}.archive.{name}"] for name in ("k", "v", "desc")})
-    if feats:
-        session.decoder.feat_cache, session.decoder.first = feats, meta["decoder"]["first"]
+        store.load_state(saved, part(f"store.{i}", tensors))
+    if meta["decoder"] is not None:
+        session.decoder.load_state(meta["decoder"], part("decoder", tensors))
     if session.profiler is not None:
-        p = session.profiler
-        for kind in KINDS:
-            p.mass[kind], p.distance[kind], p.count[kind] = (tensors[f"profiler.{x}.{kind}"] for x in ("mass", "distance", "count"))
-        p.gen.set_state(tensors["profiler.generator"])
-        p.sampled_for = tuple(meta["profiler"]["sampled_for"]) if meta["profiler"]["sampled_for"] else None
-        if p.sampled_for is not None:
-            p.sample = tensors["profiler.sample"]
-    session.noise.gen.set_state(tensors["noise.generator"])
+        session.profiler.load_state(meta["profiler"], part("profiler", tensors))
+    session.noise.load_state(part("noise", tensors))
     session.recent = tensors["recent"].to(session.pipe.device) if "recent" in tensors else None
     session.chunk, session.frame, session.origin = meta["chunk"], meta["frame"], meta["origin"]
     session.prompt, session.pending, session.history = meta["prompt"], meta["pending"], meta["history"]
