@@ -25,7 +25,7 @@ from tqdm import tqdm
 from .engine.files import parse_json, read_text
 from .engine.timeline import Cue, cue_from_json
 from .errors import UsageError
-from .ranks import Group, world
+from .ranks import Group, shard, world
 
 ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -151,7 +151,7 @@ def run_prompt_set(template, prompts: str, out_dir: str, policies: list[str], pr
     group = Group(size, cuda)
     try:
         finished = done(manifest)
-        mine = [(p, e) for p in policies for i, e in enumerate(entries) if i % size == rank]
+        mine = [(p, e) for p in policies for e in shard(entries, rank, size)]
         total = len(policies) * len(entries)
         bar = tqdm(total=total, unit="video", disable=not progress or rank != 0, desc=f"{size} rank(s)", dynamic_ncols=True)
         bar.update(sum(complete(finished.get((p, e.id)), video_path(out, p, e.id, policies)) for p in policies for e in entries))

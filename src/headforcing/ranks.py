@@ -10,6 +10,11 @@ def world() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
+def shard(items, rank: int, size: int) -> list:
+    """This rank's share of `items`: item i goes to rank i mod size (every item exactly once, none dropped)."""
+    return [item for i, item in enumerate(items) if i % size == rank]
+
+
 class Group:
     """torch.distributed's default process group while several ranks run (gloo on CPU, nccl on GPU), used
     for barriers only: the ranks share results through files."""

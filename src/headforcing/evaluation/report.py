@@ -16,7 +16,7 @@ import numpy as np
 from ..engine.files import parse_json, publish, read_text
 from ..engine.timeline import cue_from_json
 from ..errors import UsageError
-from ..ranks import Group, world
+from ..ranks import Group, shard, world
 from .metrics import SEGMENT_METRICS, analyse, frames_of, open_video
 
 
@@ -119,7 +119,7 @@ def evaluate(videos: list[str], out_dir: str, segment_seconds: float = 5.0, prom
     pairs = expand(videos)
     group = Group(size)
     try:
-        results, notes, errors = measure([p for i, p in enumerate(pairs) if i % size == rank], segment_seconds,
+        results, notes, errors = measure(shard(pairs, rank, size), segment_seconds,
                                          prompt_timeline, weights_dir, clip_seconds)
         if size > 1:  # every rank reaches the barrier, even with a bad video: rank 0 says what failed
             parts = Path(out_dir) / ".parts"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
-from ..ranks import Group, world
+from ..ranks import Group, shard, world
 from ..models.specs import TOY
 from ..engine.pipeline import Pipeline, load
 from ..engine.session import schedule_for
@@ -231,7 +231,7 @@ def evaluate(policies: list[str], durations: list[float], seeds: int, out: str, 
 
 def run_share(runs: list, rank: int, size: int, change_at, heads, sampling, first_seed: int, weights, progress) -> dict:
     """This rank's runs (every size-th): index -> (Track, the frames kept for the strips)."""
-    share = [i for i in range(len(runs)) if i % size == rank]
+    share = shard(range(len(runs)), rank, size)
     pipe = load("toy", toy_weights=weights) if any(runs[i][1] != "truth" for i in share) else None  # once, for every run
     done = {}
     for i in share:
@@ -273,7 +273,7 @@ def sharded(runs: list, one, out_dir: Path, weights, policy_of, describe, progre
     rank, size, _ = world()
     group = Group(size)
     try:
-        share = [i for i in range(len(runs)) if i % size == rank]
+        share = shard(range(len(runs)), rank, size)
         pipe = load("toy", toy_weights=weights) if any(policy_of(runs[i]) != "truth" for i in share) else None
         done = {}
         for i in share:
