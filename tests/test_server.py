@@ -442,3 +442,32 @@ def test_tabs_share_the_slots_and_the_page_reconnects_in_chromium():
             browser.close()
     finally:
         s.stop()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists() and os.environ.get("CI") != "true",
+                    reason="no Chromium here (`apt-get install chromium`; .ci/run installs it, and under CI=true its absence fails)")
+def test_a_paused_page_times_out_in_chromium():
+    """--idle-timeout 2: a page that pauses (no control, no frame played) loses its session, says so, frees the
+    slot, and Enter starts a new one."""
+    from playwright.sync_api import sync_playwright
+
+    s = Server("--idle-timeout", "2")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+            page = browser.new_page()
+            page.goto(s.url)
+            wait_for_text(page, "#status", "connected")
+            page.fill("#prompt", "a yellow circle bounces on a green background")
+            page.press("#prompt", "Enter")
+            wait_for_background(page, "green")
+            page.click("#pause")
+            wait_for_text(page, "#status", "without use")
+            assert s.stats()["sessions"] == 0
+            page.click("#pause")  # resume playing, then start again
+            page.fill("#prompt", "a yellow circle bounces on a red background")
+            page.press("#prompt", "Enter")
+            wait_for_background(page, "red")
+            browser.close()
+    finally:
+        s.stop()
