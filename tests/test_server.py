@@ -122,7 +122,7 @@ def test_an_idle_session_ends_and_frees_its_slot():
 
 def test_the_buffer_follows_the_measured_chunk_time():
     from headforcing.models.specs import TOY
-    from headforcing.server.app import buffer_frames
+    from headforcing.server.connection import buffer_frames
 
     assert buffer_frames(TOY, None, None) == 6  # two chunks until a chunk has been timed
     assert buffer_frames(TOY, 0.05, None) == 3 + 1  # a chunk, and 1.5 x 0.05 s x 4 fps rounded up
