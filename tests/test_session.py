@@ -274,3 +274,25 @@ def test_a_blended_switch_moves_the_text_linearly_and_resumes_exactly(toy, tmp_p
     half.save(str(tmp_path / "b.state.safetensors"))
     again = run(toy.resume(str(tmp_path / "b.state.safetensors")), 4, 6, {})
     assert all(torch.equal(a.latents, b.latents) for a, b in zip(again, want[4:]))
+
+
+def test_a_state_of_another_decoder_or_without_its_features_is_refused(tmp_path):
+    """The tiny model decodes with the streaming VAE: a state whose decoder has other causal convolutions is
+    refused as another decode setting, one missing a feature tensor as inconsistent (both re-signed, as a
+    headforcing that wrote them would)."""
+    pipe = headforcing.load("tiny")
+    session = pipe.session("a red circle", size=(32, 32))
+    session.step()
+    path = tmp_path / "s.safetensors"
+    session.save(str(path))
+    meta, tensors = read(path)
+    feats = meta["decoder"]["feat"]
+    j = feats.index("tensor")
+    for name, changed, kept, message in (
+        ("other", {**meta, "decoder": {**meta["decoder"], "feat": feats + [None]}}, tensors, "does not decode with"),
+        ("missing", meta, {k: t for k, t in tensors.items() if k != f"decoder.feat.{j}"}, f"decoder.feat.{j} is missing"),
+    ):
+        edited = tmp_path / f"{name}.safetensors"
+        save_file(kept, str(edited), metadata={"headforcing": json.dumps({**changed, "sha256": digest(kept, changed)})})
+        with pytest.raises(UsageError, match=message):
+            pipe.resume(str(edited))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import whole
 from .rope import rotate
 
 EMPTY = -1  # the frame of an archive entry not yet filled
@@ -100,13 +101,13 @@ class Archive:
 
     def check_state(self, meta, tensors: dict) -> str | None:
         """What is wrong with a saved archive for this one (None: it fits)."""
-        if not (isinstance(meta, dict) and all(isinstance(meta.get(n), int) and not isinstance(meta.get(n), bool) for n in ("held", "next"))):
+        if not (isinstance(meta, dict) and whole(meta.get("held")) and whole(meta.get("next"))):
             return "fields"
         held = meta["held"]
-        if not (0 <= held <= self.size and 0 <= meta["next"] < self.size and (held == self.size or meta["next"] == held)):
+        if not (held <= self.size and meta["next"] < self.size and (held == self.size or meta["next"] == held)):
             return "ring position"
         frames = meta.get("frames")
-        if not (isinstance(frames, list) and len(frames) == held and all(isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in frames)):
+        if not (isinstance(frames, list) and len(frames) == held and all(whole(f) for f in frames)):
             return "frames"
         for name, like in (("k", self.k), ("v", self.v), ("desc", self.desc)):
             shape = (*like.shape[:2], held, *like.shape[3:])

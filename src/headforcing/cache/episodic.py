@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import whole
+
 ACTIONS = ("admit", "merge", "replace")  # codes 0, 1, 2 of the tallies and the log
 EMPTY = 2**62  # the frame of a pooled frame not yet held: after every real one
 
@@ -123,7 +125,6 @@ class EpisodicMemory:
         d, held = self.config.usage_decay, slice(0, self.held)
         self.usage[held] = d * self.usage[held] + (1 - d) * mass[store.episodic_first : store.episodic_first + self.held]
 
-
     # ---- state ---------------------------------------------------------------------------------------
     def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
         """(JSON-able fields, tensors): the held slots' counts and usage, the coarse ring, the query generator.
@@ -141,7 +142,7 @@ class EpisodicMemory:
         pooled = meta.get("pooled")
         ring = len(self.pooled_frames)
         if ring and not (isinstance(pooled, dict) and isinstance(pooled.get("frames"), list) and len(pooled["frames"]) == ring
-                         and all(_whole(f) for f in pooled["frames"]) and _whole(pooled.get("next")) and pooled["next"] < ring):
+                         and all(whole(f) for f in pooled["frames"]) and whole(pooled.get("next")) and pooled["next"] < ring):
             return "coarse level"
         return None
 
@@ -155,10 +156,6 @@ class EpisodicMemory:
         if len(self.pooled_frames):
             self.pooled_frames.copy_(torch.tensor(meta["pooled"]["frames"]))
             self.pooled_next.fill_(meta["pooled"]["next"])
-
-
-def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def read_log(log: list[dict]) -> list[dict]:

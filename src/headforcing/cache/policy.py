@@ -86,9 +86,8 @@ class RolePolicy:
         if any(n is not None and n < 0 for n in sizes):
             raise UsageError(f"segment sizes must be >= 0, got {self.segments}")
         self._check_retrieved()
-        rule = next((s.rule for s in self.segments if isinstance(s, Episodic)), "novelty")
-        if rule not in SLOT_RULES:
-            raise UsageError(f"unknown episodic slot rule {rule!r}; known: {', '.join(SLOT_RULES)}")
+        if self.slot_rule not in SLOT_RULES:
+            raise UsageError(f"unknown episodic slot rule {self.slot_rule!r}; known: {', '.join(SLOT_RULES)}")
         if self.episodic and self.positions != "compact":
             raise UsageError("an Episodic segment needs compact positions (merged frames have no single absolute one)")
         if self.episodic and not self.recent:

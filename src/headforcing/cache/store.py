@@ -39,6 +39,11 @@ from .rope import Rope, rotate
 from .policy import RolePolicy
 
 
+def part(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of one part of a saved state (named `prefix.name`), under the names the part gave them."""
+    return {name.removeprefix(prefix + "."): t for name, t in tensors.items() if name.startswith(prefix + ".")}
+
+
 class KVStore:
     def __init__(
         self,
@@ -312,9 +317,9 @@ class KVStore:
         meta = dict(layer=self.layer, role=self.name, heads=self.heads, frames=self.held_frames(), recent_next=self.recent_next,
                     memory=None, archive=None)
         for name in ("memory", "archive"):
-            part = getattr(self, name)
-            if part is not None:
-                meta[name], parts = part.state()
+            owner = getattr(self, name)
+            if owner is not None:
+                meta[name], parts = owner.state()
                 tensors.update({f"{name}.{key}": t for key, t in parts.items()})
         return meta, tensors
 
@@ -341,8 +346,7 @@ class KVStore:
             if wrong or "memory.generator" not in tensors:
                 return wrong or "memory.generator is missing"
         if self.archive is not None:
-            parts = {k.removeprefix("archive."): t for k, t in tensors.items() if k.startswith("archive.")}
-            wrong = self.archive.check_state(meta["archive"], parts)
+            wrong = self.archive.check_state(meta["archive"], part("archive", tensors))
             if wrong:
                 return f"its archive ({wrong})"
         return None
@@ -356,11 +360,11 @@ class KVStore:
         frames = list(meta["frames"])
         self.frames, self.recent_next = frames[: self.episodic_first], meta["recent_next"]
         if self.memory is not None:
-            self.memory.load_state(meta["memory"], {"generator": tensors["memory.generator"]}, frames[self.episodic_first :])
+            self.memory.load_state(meta["memory"], part("memory", tensors), frames[self.episodic_first :])
             if self.n_coarse:
                 self.mark_pooled(self.memory.pooled_frames != EMPTY)
         if self.archive is not None:
-            self.archive.load_state(meta["archive"], {k.removeprefix("archive."): t for k, t in tensors.items() if k.startswith("archive.")})
+            self.archive.load_state(meta["archive"], part("archive", tensors))
 
     # ---- slot operations for the episodic memory ------------------------------------------------------
     def blend_slot(self, src: int, dst, weight: torch.Tensor | None) -> None:

@@ -40,9 +40,12 @@ class StreamingVaeDecoder:
                 kinds.append(entry)
         return dict(first=self.first, feat=kinds), tensors
 
+    def decodes_like(self, meta: dict) -> bool:
+        """A saved state is of a decoder with these causal convolutions."""
+        return len(meta["feat"]) == len(self.feat_cache)
+
     def check_state(self, meta: dict, tensors: dict[str, torch.Tensor]) -> str | None:
-        if len(meta["feat"]) != len(self.feat_cache):
-            return "a VAE decoder state this session does not decode with (decode option changed?)"
+        """What is missing from a saved state of a decoder like this one (None: nothing)."""
         missing = [j for j, kind in enumerate(meta["feat"]) if kind == "tensor" and f"feat.{j}" not in tensors]
         return f"decoder.feat.{missing[0]} is missing" if missing else None
 

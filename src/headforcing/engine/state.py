@@ -25,7 +25,8 @@ from safetensors.torch import save_file
 from ..cache.episodic import ACTIONS, EpisodicConfig
 from ..cache.headmap import HeadMap
 from ..cache.policy import Episodic
-from ..errors import UsageError
+from ..cache.store import part
+from ..errors import UsageError, whole
 from .decode import StreamingVaeDecoder
 from .files import parse_json, publish
 
@@ -67,21 +68,20 @@ def digest(tensors: dict[str, torch.Tensor], meta: dict) -> str:
 
 
 # ---- saving ---------------------------------------------------------------------------------------------
+def cpu(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu").contiguous().clone()
+
+
 def prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A part's tensors under its name in the file, copied to the CPU."""
-    return {f"{prefix}.{name}": t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
-
-
-def part(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The file's tensors of one part, under the names the part gave them."""
-    return {name.removeprefix(prefix + "."): t for name, t in tensors.items() if name.startswith(prefix + ".")}
+    """A part's tensors under its name in the file (the inverse of `cache.store.part`), copied to the CPU."""
+    return {f"{prefix}.{name}": cpu(t) for name, t in tensors.items()}
 
 
 def session_state(session, run: dict | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
     """(metadata, tensors) of a session: each part (stores, decoder, profiler, noise) gives its own."""
     tensors = prefixed("noise", session.noise.state())
     if session.recent is not None:
-        tensors["recent"] = session.recent.detach().to("cpu").contiguous().clone()
+        tensors["recent"] = cpu(session.recent)
     stores = []
     for i, store in enumerate(session.cache.stores()):
         meta, parts = store.state()
@@ -156,10 +156,6 @@ def check_model(meta: dict, pipe, path: str) -> None:
         raise UsageError(f"{path} was saved in {saved['dtype']}; the model is loaded in {mine['dtype']} (use --dtype {saved['dtype']})")
 
 
-def whole(value, low: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
 def check_fields(meta: dict, path: str) -> None:
     """The JSON's scalars and lists have the types and ranges a session needs (it may have been edited)."""
     def need(ok: bool, what: str) -> None:
@@ -220,10 +216,12 @@ def restore(session, meta: dict, tensors: dict, path: str) -> None:
         if wrong:
             raise UsageError(f"{path} is inconsistent: store {i}: {wrong}")
     if meta["decoder"] is not None:
-        wrong = session.decoder.check_state(meta["decoder"], part("decoder", tensors)) if isinstance(session.decoder, StreamingVaeDecoder) \
-            else "a VAE decoder state this session does not decode with (decode option changed?)"
+        decoder = session.decoder
+        if not (isinstance(decoder, StreamingVaeDecoder) and decoder.decodes_like(meta["decoder"])):
+            raise UsageError(f"{path} holds a VAE decoder state this session does not decode with (decode option changed?)")
+        wrong = decoder.check_state(meta["decoder"], part("decoder", tensors))
         if wrong:
-            raise UsageError(f"{path} holds {wrong}" if wrong.startswith("a VAE") else f"{path} is inconsistent: {wrong}")
+            raise UsageError(f"{path} is inconsistent: {wrong}")
     # everything checked: copy in
     for i, (store, saved) in enumerate(zip(stores, meta["stores"])):
         store.load_state(saved, part(f"store.{i}", tensors))

@@ -85,16 +85,19 @@ class ToyTextEncoder:
         ids, unknown = tokenize(prompt, self.words.text_len)
         if all(i == 1 for i in ids):  # nothing it can read: its video would be noise
             raise UsageError(f"the toy model knows none of the words of {prompt[:60]!r}; it reads only: {' '.join(WORDS)}")
-        for note in self.notes(prompt):
+        for note in ignored(unknown):
             print(f"note: {note}")
         return self.words(*self.words.batch([prompt]))
 
     vocabulary = tuple(WORDS)  # what the live page shows as the words to use
 
     def notes(self, prompt: str) -> list[str]:
-        """What the encoder will not read in `prompt`, said as the console and the live page say it."""
-        unknown = tokenize(prompt, self.words.text_len)[1]
-        return [f"the toy model knows only its grammar's words; ignoring {', '.join(sorted(set(unknown)))}"] if unknown else []
+        """What the encoder will not read in `prompt`, said as the console says it (for the live page)."""
+        return ignored(tokenize(prompt, self.words.text_len)[1])
+
+
+def ignored(unknown: list[str]) -> list[str]:
+    return [f"the toy model knows only its grammar's words; ignoring {', '.join(sorted(set(unknown)))}"] if unknown else []
 
 
 def build_word_encoder(spec: ModelSpec = TOY) -> WordEncoder:
