@@ -71,6 +71,11 @@ def add_threads_arg(p) -> None:
                    "use, 1 for the toy and tiny models; OMP_NUM_THREADS wins too)")
 
 
+def add_parallel_arg(p) -> None:
+    p.add_argument("--parallel", choices=("heads",), help="heads: one stream over the ranks of a torchrun launch, each "
+                   "rank attending for its share of the heads and keeping only their caches (docs/SCALING.md)")
+
+
 def add_compile_arg(p) -> None:
     p.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
                    help="compile the DiT for chunks after the cache fills (torch.compile, fullgraph); MODE: "
@@ -108,6 +113,7 @@ def build_parser() -> Parser:
                      "(prompts, timeline, seconds, policy, heads, seed and model come from the state)")
     add_model_args(gen)
     add_compile_arg(gen)
+    add_parallel_arg(gen)
     gen.set_defaults(seed=None, model=None)  # None: not given (so --resume can tell a contradicting flag)
 
     prof = sub.add_parser("profile", help="measure what each head attends to and classify heads into roles")
@@ -145,6 +151,7 @@ def build_parser() -> Parser:
     b.add_argument("--estimate", action="store_true", help="print the memory a run needs (weights, text encoder, cache per "
                    "preset, activations), computed from the model's spec at 832x480 and 1280x720 (or --size); nothing runs")
     add_compile_arg(b)
+    add_parallel_arg(b)
     b.add_argument("--gpu-report", metavar="DIR", help="the whole GPU measurement in one go: eager / compiled / CUDA graphs x "
                    "self-forcing, headforcing x 10 s, 60 s at 832x480 (random weights): DIR/bench.json, DIR/BENCHMARKS.md")
 
@@ -278,7 +285,7 @@ def run_generate(args) -> int:
                      init_video=args.init_video, init_image=args.init_image,
                      prompt=prompt_timeline(args) if args.prompt or args.timeline else None,
                      rule=None if args.rule == DEFAULT_RULE else args.rule, crf=args.crf, compile=args.compile,
-                     trace=args.trace)
+                     trace=args.trace, parallel=args.parallel)
         summary = resume(args.resume, args.out, given, progress=not args.quiet)
         return report_generate(args, summary)
     if args.out is None and not args.latents_only:
@@ -299,6 +306,7 @@ def run_generate(args) -> int:
         init_image=args.init_image,
         crf=18 if args.crf is None else args.crf,
         compile=args.compile,
+        parallel=args.parallel,
         **model_request_args(args),
     )
     return report_generate(args, generate(request, progress=not args.quiet))
@@ -318,7 +326,8 @@ def run_prompt_set(args) -> int:
         raise UsageError("a prompt set needs both --prompts FILE and --out-dir DIR")
     clashes = [flag for flag, value in (("--prompt", args.prompt), ("--timeline", args.timeline), ("--out", args.out),
                ("--resume", args.resume), ("--init-video", args.init_video), ("--init-image", args.init_image),
-               ("--latents-only", args.latents_only), ("--trace", args.trace), ("--eval", args.eval)) if value]
+               ("--latents-only", args.latents_only), ("--trace", args.trace), ("--eval", args.eval),
+               ("--parallel", args.parallel)) if value]
     if clashes:
         raise UsageError(f"{clashes[0]} does not go with --prompts (each entry of the file is one video into --out-dir)")
     if args.policy and args.policies:
@@ -334,6 +343,8 @@ def run_prompt_set(args) -> int:
 
 
 def report_generate(args, summary) -> int:
+    if not summary.leads:  # a rank computing for the leading one (--parallel heads), which reports
+        return 0
     if summary.model == "tiny":
         print("note: the tiny model has random weights, so its video is noise; real weights give real videos.")
     if summary.model == "toy":
@@ -408,8 +419,9 @@ def run_bench(args) -> int:
         return 0
     model = args.model or ("wan2.1-1.3b" if torch.cuda.is_available() else "tiny")
     rows = bench(args.policies.split(","), durations, model, args.out, args.warmup, size=args.size, device=args.device,
-                 dtype=args.dtype, compile=args.compile)
-    print(table(rows))
+                 dtype=args.dtype, compile=args.compile, parallel=args.parallel)
+    if rows is not None:  # (None: a rank computing for rank 0, which prints)
+        print(table(rows))
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -54,11 +55,13 @@ class Request:
     init_image: str | None = None  # an image to start from
     crf: int = 18  # H.264 quality (0: lossless)
     compile: str | None = None  # torch.compile mode for steady-state chunks (default, reduce-overhead, max-autotune)
+    parallel: str | None = None  # "heads": one stream over the ranks of a torchrun launch (engine/parallel.py)
 
     def load_args(self) -> dict:
         return dict(wan_dir=self.wan_dir, checkpoint=self.checkpoint, lora=self.lora, lora_alpha=self.lora_alpha,
                     ema=self.ema, device=self.device, dtype=self.dtype, toy_weights=self.toy_weights,
-                    text_encoder_device=self.text_encoder_device, decode=self.out is not None or self.decode)
+                    text_encoder_device=self.text_encoder_device, decode=self.out is not None or self.decode,
+                    parallel=self.parallel)
 
     def session_options(self, size=None) -> SessionOptions:
         return SessionOptions(policy=self.policy, heads=self.heads, rule=self.rule, seed=self.seed, size=size or self.size,
@@ -78,6 +81,8 @@ class Summary:
     timeline: list = field(default_factory=list)
     compile: dict | None = None  # the session's compile counters (Session.stats()["compile"])
     given: int = 0  # frames of the video that came from --init-video / --init-image (not made, not in the FPS)
+    parallel: dict | None = None  # ranks and head imbalance under --parallel heads (Session.stats()["parallel"])
+    leads: bool = True  # False on a rank that only computes for another (it reports nothing)
 
     def line(self) -> str:
         made = f"{self.frames - self.given} made + {self.given} given, " if self.given else ""
@@ -86,7 +91,8 @@ class Summary:
             f"took {self.seconds:.2f} s, {self.fps:.1f} FPS, peak memory {self.peak_memory_bytes / 2**20:.0f} MiB, "
             f"cache {self.cache_bytes / 2**20:.2f} MiB"
         ) + ("" if self.compile is None else f", compiled {self.compile['compiled_chunks']} of "
-             f"{self.compile['compiled_chunks'] + self.compile['eager_chunks']} chunks ({self.compile['recompiles']} recompiles)")
+             f"{self.compile['compiled_chunks'] + self.compile['eager_chunks']} chunks ({self.compile['recompiles']} recompiles)") + (
+            "" if self.parallel is None else f" per rank, {self.parallel['ranks']} ranks (head imbalance {self.parallel['imbalance']:.1%})")
 
 
 @dataclass
@@ -251,7 +257,8 @@ def resume(state: str, out: str | None, given: dict, progress: bool = True) -> S
     if given.get("crf") is not None and not 0 <= given["crf"] <= 51:
         raise UsageError(f"--crf must be 0..51, got {given['crf']}")
     overrides = {k: given[k] for k in ("device", "text_encoder_device", "crf", "compile") if given.get(k) is not None}
-    request = replace(saved, out=out, trace=None, **overrides)
+    # (the rank count is the resuming launch's: a state holds every head, whichever ranks saved it)
+    request = replace(saved, out=out, trace=None, parallel=given.get("parallel"), **overrides)
     pipe = load(request.model, **request.load_args())
     if request.compile:
         pipe.compile(request.compile)
@@ -266,13 +273,14 @@ def stream(pipe, session, request: Request, timeline: list[dict], latent_frames:
     writing frames as they come. The first SIGINT/SIGTERM stops after the chunk in flight: the mp4 is closed
     with every frame so far and the state saved beside it (`signals.Interrupted` then says how to resume)."""
     spec = pipe.spec
-    writes = session.decoder.writes_video
+    writes, leads = session.decoder.writes_video, not session.follows  # (a following rank writes nothing)
+    agree = pipe.parallel.any if pipe.parallel is not None else bool  # every rank stops after the same chunk
     num_chunks = latent_frames // spec.chunk_frames
     cues = {cue["chunk"]: cue["prompt"] for cue in timeline[1:]}
     given_frames = session.frame - session.chunk * spec.chunk_frames  # latent frames of the clip or image
     total = spec.video_frames(given_frames + latent_frames) if writes else latent_frames
-    bar = tqdm(total=total, unit="frame", disable=not progress, desc=request.policy, dynamic_ncols=True)
-    trace = open(request.trace, "w") if request.trace else None
+    bar = tqdm(total=total, unit="frame", disable=not (progress and leads), desc=request.policy, dynamic_ncols=True)
+    trace = open(request.trace, "w") if request.trace and leads else None
     start, made = time.perf_counter(), 0
     writer = None
     try:
@@ -280,14 +288,14 @@ def stream(pipe, session, request: Request, timeline: list[dict], latent_frames:
             writer = Mp4Writer(request.out, session.width, session.height, spec.fps, request.crf) if writes else None
             with writer or nullcontext():
                 if first_part is not None:
-                    bar.update(writer.copy(first_part))
+                    bar.update(writer.copy(first_part) if writer is not None else 0)
                 elif init is not None:
                     clip = session.start_from(pipe.encode_frames(init))
                     if writer is not None:
                         writer.write(clip[0].numpy())
                         clip_frames = writer.frames
                         bar.update(clip_frames)
-                while session.chunk < num_chunks and not stop:
+                while session.chunk < num_chunks and not agree(bool(stop)):
                     index = session.chunk
                     if index in cues:
                         session.set_prompt(cues[index])
@@ -309,8 +317,12 @@ def stream(pipe, session, request: Request, timeline: list[dict], latent_frames:
         if trace:
             trace.close()
     seconds = time.perf_counter() - start
-    if stop and request.out is not None:
+    halted = agree(bool(stop))
+    if halted and request.out is not None:
         state = str(Path(request.out).with_suffix(".state.safetensors"))
+        if not leads:  # this rank's heads go into the state the leading rank writes, which says how to resume
+            session.save(state)
+            raise signals.Interrupted(stop.signum or signal.SIGINT, "interrupted (the leading rank saved the state)")
         run = dict(request=request_json(request), timeline=timeline, latent_frames=latent_frames, video=str(Path(request.out).resolve()),
                    frames=writer.frames, clip_frames=clip_frames, video_sha256=file_sha256(request.out))
         try:
@@ -321,16 +333,16 @@ def stream(pipe, session, request: Request, timeline: list[dict], latent_frames:
                                       f"so far; the state to resume from could not be written ({reason})") from None
         raise signals.Interrupted(stop.signum, f"interrupted: {request.out} holds the {writer.frames} frames made so far; "
                                   f"resume with: headforcing generate --resume {state} --out FULL.mp4")
-    if stop:
-        raise signals.Interrupted(stop.signum, f"interrupted after {session.chunk} chunks (nothing was being written)")
+    if halted:
+        raise signals.Interrupted(stop.signum or signal.SIGINT, f"interrupted after {session.chunk} chunks (nothing was being written)")
     shifted = [dict(c, start_frame=c["start_frame"] + clip_frames, start_seconds=(c["start_frame"] + clip_frames) / spec.fps)
                for c in timeline]
-    sidecar = Path(request.out).with_suffix(".timeline.json") if request.out is not None else None
+    sidecar = Path(request.out).with_suffix(".timeline.json") if request.out is not None and leads else None
     if sidecar is not None and len(shifted) > 1:
         sidecar.write_text(json.dumps(shifted, indent=1))
     elif sidecar is not None and sidecar.exists():
         sidecar.unlink()  # a previous run's timeline does not describe this video
-    stale = Path(request.out).with_suffix(".state.safetensors") if request.out is not None else None
+    stale = Path(request.out).with_suffix(".state.safetensors") if request.out is not None and leads else None
     if stale is not None and stale.exists():
         stale.unlink()  # an earlier interrupted run's state: its first part was this file, now replaced
     frames = writer.frames if writer is not None else session.frame
@@ -346,4 +358,6 @@ def stream(pipe, session, request: Request, timeline: list[dict], latent_frames:
         timeline=shifted,
         compile=session.stats()["compile"],
         given=clip_frames if writer is not None else 0,
+        parallel=session.stats()["parallel"],
+        leads=leads,
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from contextlib import contextmanager
 
 CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -54,11 +55,15 @@ def check() -> None:
         raise Interrupted(_kept.pop(0))
 
 
+RELAY_S = 1.0  # under torchrun the same signal again this soon is the launcher passing on the terminal's one
+
+
 class StopRequest:
     """Set by the first signal inside `deferred()`; the run checks it between chunks."""
 
     def __init__(self):
         self.signum: int | None = None
+        self.at = 0.0  # when it came (time.monotonic)
 
     def __bool__(self) -> bool:
         return self.signum is not None
@@ -73,17 +78,23 @@ def deferred():
     os.set_blocking(read, False)
     os.set_blocking(write, False)
 
-    def delivered() -> int:
-        """Signals delivered since the last call (each wrote a byte), at least the one being handled."""
+    relays = "TORCHELASTIC_RUN_ID" in os.environ  # a Ctrl-C reaches a torchrun worker twice: from the
+    # terminal and from the launcher, which passes it on to its workers
+
+    def delivered(signum: int) -> list[int]:
+        """The signals delivered since the last call (each wrote its number), at least the one being handled."""
         try:
-            return max(1, len(os.read(read, 1024)))
+            return list(os.read(read, 1024)) or [signum]
         except BlockingIOError:
-            return 1
+            return [signum]
 
     def ask(signum, frame):
-        if stop or delivered() > 1:
+        seen = delivered(signum)
+        relayed = relays and set(seen) == {signum} and (not stop or (stop.signum == signum and time.monotonic() - stop.at < RELAY_S))
+        if not relayed and (stop or len(seen) > 1):
             raise Interrupted(signum, "interrupted again: stopped at once")
-        stop.signum = signum
+        if not stop:
+            stop.signum, stop.at = signum, time.monotonic()
 
     previous = {signum: signal.signal(signum, ask) for signum in CODES}
     previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)

@@ -40,9 +40,14 @@ class EpisodicConfig:
 
 
 class EpisodicMemory:
-    def __init__(self, slots: int, config: EpisodicConfig = EpisodicConfig(), log: list | None = None):
+    def __init__(self, slots: int, config: EpisodicConfig = EpisodicConfig(), log: list | None = None,
+                 heads: int | None = None, reduce=None):
+        """heads: the role group's heads in the layer, all ranks together (None: the store's own); reduce: sums
+        a per-rank partial sum over the ranks when the group's heads are spread over several
+        (engine/parallel.py; None: one rank)."""
         self.slots, self.config = slots, config
         self.log = log if log is not None else []
+        self.heads, self.reduce = heads, reduce or (lambda t: t)
         self.reset()
 
     def reset(self, device=None, pooled: int = 0) -> None:
@@ -51,6 +56,7 @@ class EpisodicMemory:
         self.frames = torch.zeros(self.slots, dtype=torch.int64, device=device)  # the position-giving frame of each slot
         self.count = torch.zeros(self.slots, dtype=torch.float32, device=device)  # frames merged into each slot
         self.usage = torch.zeros(self.slots, dtype=torch.float32, device=device)
+        self.mass = torch.zeros(self.slots, dtype=torch.float32, device=device)  # the commit pass's, summed over heads
         self.queries = torch.zeros(self.config.usage_queries, dtype=torch.int64, device=device)  # the commit pass's
         self.n_queries = 0  # sampled query tokens (drawn on the host before the forward)
         self.gen = torch.Generator().manual_seed(self.config.seed)
@@ -68,7 +74,10 @@ class EpisodicMemory:
         first = store.episodic_first
         desc = store.key_descriptor(src)  # [B, Hg, D]
         held = store.key_descriptor(slice(first, first + self.held))  # [B, Hg, held, D]
-        return (held * desc[:, :, None]).sum(-1).mean((0, 1))
+        return self.reduce((held * desc[:, :, None]).sum(-1).sum(1).mean(0)) / self.group_heads(store)
+
+    def group_heads(self, store) -> int:
+        return self.heads if self.heads is not None else len(store.heads)
 
     def offer(self, store, src: int) -> None:
         """The frame in slot `src` of `store` is leaving the recent ring."""
@@ -119,11 +128,18 @@ class EpisodicMemory:
         self.queries[: self.n_queries] = drawn
 
     def measure(self, store, q_rot: torch.Tensor, end: int) -> None:
-        """Inside the commit pass (device only): usage moves towards the sampled queries' attention mass on
-        each held slot, before the pass's frames are committed."""
-        mass = store.frame_mass(q_rot, end, self.queries[: self.n_queries]).mean((0, 1, 2))  # [frames]
-        d, held = self.config.usage_decay, slice(0, self.held)
-        self.usage[held] = d * self.usage[held] + (1 - d) * mass[store.episodic_first : store.episodic_first + self.held]
+        """Inside the commit pass (device only): the sampled queries' attention mass on each held slot, summed
+        over the store's heads (`update_usage` applies it after the pass, before its frames are committed)."""
+        mass = store.frame_mass(q_rot, end, self.queries[: self.n_queries]).sum(1).mean((0, 1))  # [frames]
+        self.mass[: self.held] = mass[store.episodic_first : store.episodic_first + self.held]
+
+    def update_usage(self, store) -> None:
+        """After the commit pass: usage moves towards the group's mean mass (its heads on every rank)."""
+        held = slice(0, self.held)
+        mass = self.reduce(self.mass[held]) / self.group_heads(store)
+        d = self.config.usage_decay
+        self.usage[held] = d * self.usage[held] + (1 - d) * mass
+        self.mass.zero_()
 
     # ---- state ---------------------------------------------------------------------------------------
     def state(self) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -31,12 +31,13 @@ class LayerCache:
         if self.owner.recache is not None:
             return self.owner.recache_attend(self, q, k, v)
         commit = self.owner.committing
-        if len(self.stores) == 1:
+        if len(self.stores) == 1 and len(self.stores[0].heads) == q.shape[1]:
             return self.stores[0].attend(q, k, v, commit)
         out = torch.empty_like(q)
         for store in self.stores:
-            idx = store.head_index
-            out[:, idx] = store.attend(q[:, idx], k[:, idx], v[:, idx], commit)
+            if store.heads:  # (a store of no heads here only takes part in its group's episodic decisions)
+                idx = store.head_index
+                out[:, idx] = store.attend(q[:, idx], k[:, idx], v[:, idx], commit)
         return out
 
 
@@ -50,10 +51,13 @@ class HeadwiseCache:
         chunk_frames: int = 3,
         episodic: EpisodicConfig | None = EpisodicConfig(),
         keep_log: bool = False,
+        split=None,
     ):
         """window_frames: what a role that keeps every frame (`full`) can hold: the trained window.
         episodic: the episodic memory's settings for roles with episodic slots (None: keep nothing there).
-        keep_log: keep every episodic decision (else only the current chunk's: memory stays constant)."""
+        keep_log: keep every episodic decision (else only the current chunk's: memory stays constant).
+        split: this rank's heads under head parallelism (engine/parallel.HeadSplit; None: every head here).
+        A store's `heads` index the attention's input (this rank's heads), its `model_heads` the model's."""
         self.policy, self.headmap = policy, headmap
         self.head_dim, self.chunk_frames = head_dim, chunk_frames
         self.committing = False
@@ -61,15 +65,20 @@ class HeadwiseCache:
         # rotations at the frames' absolute positions, block-causal mask)
         self.episodic_log: list[dict] = []  # admit / replace / merge decisions, in order
         self.keep_log = keep_log
+        self.split = split
         self.layers = []
         for layer in range(headmap.num_layers):
+            owned = split.owned[layer] if split is not None else list(range(headmap.num_heads))
             stores = []
             for name, role in policy.roles.items():
-                heads = headmap.heads_of(layer, name)
-                if not heads:
+                group = headmap.heads_of(layer, name)
+                mine = [h for h in owned if headmap.roles[layer][h] == name]
+                if not mine and not (group and role.episodic and episodic):
                     continue
-                memory = EpisodicMemory(role.episodic, episodic, self.episodic_log) if role.episodic and episodic else None
-                stores.append(KVStore(role, heads, window_frames, chunk_frames, layer, name, memory))
+                memory = None
+                if role.episodic and episodic:
+                    memory = EpisodicMemory(role.episodic, episodic, self.episodic_log, len(group), split.reduce if split else None)
+                stores.append(KVStore(role, [owned.index(h) for h in mine], window_frames, chunk_frames, layer, name, memory, mine))
             self.layers.append(LayerCache(self, stores))
 
     def stores(self):
@@ -81,7 +90,7 @@ class HeadwiseCache:
         self.tally = torch.zeros(len(ACTIONS), dtype=torch.int64, device=device)  # decisions by action, all layers
         for store in self.stores():
             store.allocate(batch, self.rope.tokens_per_frame, self.head_dim, dtype, device, grid_hw)
-            store.head_index = torch.tensor(store.heads, device=device)
+            store.head_index = torch.tensor(store.heads, dtype=torch.long, device=device)
             if store.memory is not None:
                 store.memory.tally = self.tally
 
@@ -90,7 +99,7 @@ class HeadwiseCache:
         for store in self.stores():
             yield from (t for t in (store.k_raw, store.k_ctx, store.v_ctx, store.k_new, store.v_new, store.chunk_rot, store.bias) if t is not None)
             if store.memory is not None:
-                yield from (store.memory.usage, store.memory.queries)
+                yield from (store.memory.usage, store.memory.queries, store.memory.mass)
             if store.archive is not None:
                 yield from (store.archive.k, store.archive.v, store.archive.desc, store.archive.frames, store.archive.rot)
 
@@ -153,7 +162,7 @@ class HeadwiseCache:
         first_frame, local, absolute, mask = self.recache
         out = F.scaled_dot_product_attention(rotate(q, local), rotate(k, local), v, attn_mask=mask)
         for store in layer.stores:
-            if store.role.on_switch == "recache":
+            if store.role.on_switch == "recache" and store.heads:
                 idx = store.head_index
                 k_rot = rotate(k[:, idx], absolute) if store.absolute else None
                 store.rewrite_recent(first_frame, k[:, idx], v[:, idx], k_rot)
@@ -172,10 +181,17 @@ class HeadwiseCache:
         finally:
             self.committing = False
         for store in self.stores():
+            if store.memory is not None and store.memory.held:
+                store.memory.update_usage(store)
+        for store in self.stores():
             store.commit_chunk()
 
     def nbytes(self) -> int:
         return sum(s.nbytes() for s in self.stores())
+
+    def head_bytes(self) -> int:
+        """Bytes kept per head (keys, values, archives), summed: under head parallelism, this rank's heads' share."""
+        return sum(s.head_bytes() for s in self.stores())
 
     def max_position(self) -> int:
         """The largest temporal position used by the current chunk (queries included)."""

@@ -59,7 +59,7 @@ class HeadProfiler:
         dist = (query_frames[:, None] - key_frames[None, :]).abs().clamp(max=MAX_DISTANCE)  # [Q, F]
         by_distance = torch.einsum("bhqf,qfd->bhqd", mass, torch.nn.functional.one_hot(dist, MAX_DISTANCE + 1).double())
         kind = "commit" if committing else "denoise"
-        heads = torch.tensor(store.heads)
+        heads = torch.tensor(store.model_heads)
         self.mass[kind][store.layer, heads] += by_category.mean((0, 2))
         self.distance[kind][store.layer, heads] += by_distance.mean((0, 2))
         self.count[kind][store.layer, heads] += 1

@@ -39,6 +39,9 @@ from .rope import Rope, rotate
 from .policy import RolePolicy
 
 
+SHARED = ("memory.generator",)  # the parts of a store's state that are one per role group, not one per head
+
+
 def part(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors of one part of a saved state (named `prefix.name`), under the names the part gave them."""
     return {name.removeprefix(prefix + "."): t for name, t in tensors.items() if name.startswith(prefix + ".")}
@@ -54,8 +57,12 @@ class KVStore:
         layer: int = 0,
         name: str = "all",
         memory=None,
+        model_heads: list[int] | None = None,
     ):
+        """heads: which heads of the attention's input this store attends for; model_heads: the same heads
+        numbered in the model's layer (they differ under head parallelism, engine/parallel.py)."""
         self.role, self.heads, self.layer, self.name = role, heads, layer, name
+        self.model_heads = heads if model_heads is None else model_heads
         self.absolute = role.positions == "absolute"
         self.n_sink = window_frames if role.sink is None else role.sink
         self.n_recent = role.recent
@@ -105,6 +112,13 @@ class KVStore:
     def nbytes(self) -> int:
         bufs = (self.k_raw, self.k_ctx, self.v_ctx, self.k_new, self.v_new, self.chunk_rot, self.bias)
         return sum(t.numel() * t.element_size() for t in bufs if t is not None) + (self.archive.nbytes() if self.archive else 0)
+
+    def head_bytes(self) -> int:
+        """The bytes that are one share per head (keys, values, archived frames): what head parallelism divides."""
+        bufs = (self.k_raw, self.k_ctx, self.v_ctx, self.k_new, self.v_new)
+        if self.archive is not None:
+            bufs += (self.archive.k, self.archive.v, self.archive.desc)
+        return sum(t.numel() * t.element_size() for t in bufs if t is not None)
 
     def _tokens(self, slot: int, count: int = 1) -> slice:
         return slice(slot * self.T, (slot + count) * self.T)

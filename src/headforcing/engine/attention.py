@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import torch
+
 
 class CacheRoute:
     """Which head-wise cache the DiT's self-attentions use right now."""
@@ -41,9 +43,17 @@ class HeadwiseAttnProcessor:
         else:
             q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
         q, k = attn.norm_q(q), attn.norm_k(k)
+        cache = self.route.cache
+        if cache.split is not None:  # head parallelism: this rank's tokens of every head <-> every token of its heads
+            comm = cache.split.comm
+            qkv = torch.stack((q, k, v)).unflatten(3, (attn.heads, -1))  # [3, B, S/P, H, D]
+            q, k, v = comm.to_heads(qkv, cache.split.order[self.layer])  # each [B, H/P, S, D]
+            out = cache.layers[self.layer].attend(q, k, v)
+            out = comm.to_tokens(out, cache.split.inverse[self.layer]).flatten(2).type_as(hidden_states)  # [B, S/P, H*D]
+            return attn.to_out[1](attn.to_out[0](out))
         # [B, S, H*D] -> [B, H, S, D]
         q, k, v = (t.unflatten(2, (attn.heads, -1)).transpose(1, 2) for t in (q, k, v))
-        out = self.route.cache.layers[self.layer].attend(q, k, v)  # [B, H, S, D]; diffusers' rotary_emb unused
+        out = cache.layers[self.layer].attend(q, k, v)  # [B, H, S, D]; diffusers' rotary_emb unused
         out = out.transpose(1, 2).flatten(2).type_as(hidden_states)  # [B, S, H*D]
         return attn.to_out[1](attn.to_out[0](out))
 

@@ -67,6 +67,15 @@ class Pipeline:
         self.prompts: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._fingerprint = None
         self.compiled = None  # CompiledDiT once `compile()` is called: sessions opened after use it
+        self.parallel = None  # HeadParallel once `parallelize()` is called: every rank runs each session together
+
+    def parallelize(self) -> None:
+        """Run every session's chunks together with the other ranks of this torchrun launch: each rank a share
+        of the tokens and of the heads, and the caches of its heads only (engine/parallel.py)."""
+        from .parallel import HeadParallel
+
+        self.parallel = HeadParallel()
+        self.parallel.install(self.transformer)
 
     def compile(self, mode: str = "default", backend: str = "inductor") -> None:
         """Compile the DiT whole for steady-state chunks (torch.compile, fullgraph): sessions opened from now on
@@ -165,11 +174,17 @@ def model_spec(model: str = "toy", wan_dir: str | None = None, checkpoint: str |
 
 def load(model: str = "toy", *, wan_dir: str | None = None, checkpoint: str | None = None, lora: str | None = None,
          lora_alpha: float | None = None, ema: bool = True, device: str | None = None, dtype: str | None = None,
-         toy_weights: str | None = None, text_encoder_device: str | None = None, decode: bool = True) -> Pipeline:
+         toy_weights: str | None = None, text_encoder_device: str | None = None, decode: bool = True,
+         parallel: str | None = None) -> Pipeline:
     """Load a model once. `model`: "toy" (the shipped toy-world model), "tiny" (random, for tests) or
     "wan2.1-1.3b" (the real shape; random weights unless `wan_dir` and `checkpoint` name local files, or
-    $HEADFORCING_WAN_DIR / $HEADFORCING_CHECKPOINT do). decode=False skips the VAE (latents only)."""
+    $HEADFORCING_WAN_DIR / $HEADFORCING_CHECKPOINT do). decode=False skips the VAE (latents only).
+    parallel="heads": one stream over the ranks of a torchrun launch (each rank its GPU, LOCAL_RANK's)."""
     spec, folder, checkpoint = model_spec(model, wan_dir, checkpoint)
+    if parallel not in (None, "heads"):
+        raise UsageError(f"unknown parallelism {parallel!r}; known: heads")
+    if parallel:
+        device = join_ranks(device)
     torch_device = pick_device(device)
     threads.fit(spec.name, torch_device)
     torch_dtype = pick_dtype(dtype, torch_device)
@@ -191,4 +206,25 @@ def load(model: str = "toy", *, wan_dir: str | None = None, checkpoint: str | No
     transformer = to_device(transformer, torch_device, torch_dtype)
     if vae is not None:
         vae = vae.to(torch_device)
-    return Pipeline(spec, transformer, text_encoder, vae, torch_device, torch_dtype)
+    pipe = Pipeline(spec, transformer, text_encoder, vae, torch_device, torch_dtype)
+    if parallel:
+        pipe.parallelize()
+    return pipe
+
+
+def join_ranks(device: str | None) -> str | None:
+    """Join this torchrun launch's process group (NCCL on GPUs, gloo on CPUs): the device this rank runs on."""
+    import torch.distributed as dist
+
+    from ..ranks import world
+
+    rank, size, local = world()
+    if size < 2:
+        raise UsageError("--parallel heads runs one stream over several ranks: start it with torchrun --nproc-per-node N (N >= 2)")
+    cuda = torch.cuda.is_available() and device in (None, "cuda")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return device

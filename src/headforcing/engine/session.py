@@ -23,6 +23,7 @@ from .. import threads
 from ..errors import UsageError
 from ..models.schedule import Schedule
 from . import state
+from .parallel import gather_profile
 from .profiles import measured_headmap
 from .sampler import ChunkSampler, SeededNoise
 
@@ -125,7 +126,11 @@ class Session:
         width, height = self.width, self.height = self.options.size or self.spec.size
         stride = self.spec.vae_stride
         self.latent_chw = (self.spec.latent_channels, height // stride[1], width // stride[2])
-        self.decoder = pipe.decoder(self.options.decode)
+        self.follows = pipe.parallel is not None and not pipe.parallel.leads  # another rank decodes and writes
+        if pipe.parallel is not None:
+            patch = self.spec.transformer["patch_size"]
+            pipe.parallel.check(self.spec.num_heads, (self.latent_chw[1] // patch[1]) * (self.latent_chw[2] // patch[2]))
+        self.decoder = pipe.decoder(self.options.decode and not self.follows)
         self.sampler = ChunkSampler(pipe.transformer, None, self.schedule, self.spec.chunk_frames, pipe.compiled)
         self.profiling = self.headmap is None  # heads="auto": the first window runs in a full cache, profiled
         self.profiler = None
@@ -151,12 +156,17 @@ class Session:
     def _new_cache(self, policy: Policy, headmap: HeadMap | None) -> HeadwiseCache:
         spec = self.spec
         headmap = headmap or policy.resolve_headmap(spec.num_layers, spec.num_heads)
-        cache = HeadwiseCache(policy, headmap, spec.head_dim, spec.trained_frames, spec.chunk_frames, self.episodic)
+        split = None
+        if self.pipe.parallel is not None:  # role-balanced, except while roles are unknown (heads="auto")
+            split = self.pipe.parallel.split(policy, headmap, spec.trained_frames, spec.chunk_frames, self.options.heads != "auto")
+        cache = HeadwiseCache(policy, headmap, spec.head_dim, spec.trained_frames, spec.chunk_frames, self.episodic, split=split)
         self.sampler.cache = cache
         return cache
 
     def _switch_to_headwise(self) -> None:
         """End of online profiling: classify heads, move the full cache's frames into the head-wise one."""
+        if self.cache.split is not None:
+            gather_profile(self.profiler, self.cache.split)
         self.headmap = classify(self.profiler.stats(), rule_for(self.policy, self.options))
         self.headmap.check(self.spec.num_layers, self.spec.num_heads, self.policy.roles)
         full = self.cache
@@ -297,6 +307,7 @@ class Session:
             seconds=self.video_frames() / self.spec.fps, cache_bytes=self.cache.nbytes(), prompt=self.prompt,
             prompt_switches=len(self.history) - 1, profiling=self.profiling, episodic=dict(self.episodic_counts),
             policy=self.policy.name, heads=self.heads_source,
+            parallel=None if self.cache.split is None else dict(ranks=self.pipe.parallel.size, imbalance=round(self.cache.split.imbalance, 4)),
             compile=dict(mode=self.sampler.compiled.mode, **self.sampler.compile_stats) if self.sampler.compiled else None,
         )
 
@@ -313,7 +324,9 @@ class Session:
         """Write this session's whole state to one safetensors file (tensors + JSON metadata, no pickle); each
         part gives its own (engine/state.py has the format). `run`: JSON-able facts of the run driving it (what
         `generate --resume` needs), kept with the state."""
-        state.write_state(path, *state.session_state(self, run))
+        meta, tensors = state.session_state(self, run)  # (under head parallelism every rank gives its heads)
+        if not self.follows:
+            state.write_state(path, meta, tensors)
 
     @classmethod
     def load(cls, pipe, path: str) -> "Session":

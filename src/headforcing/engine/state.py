@@ -29,6 +29,7 @@ from ..cache.store import part
 from ..errors import UsageError, whole
 from .decode import StreamingVaeDecoder
 from .files import parse_json, publish
+from .parallel import gather_profile, gather_states, share_states
 
 FORMAT = "headforcing-session"
 VERSION = 2  # 2: the checksum covers the metadata too
@@ -83,8 +84,7 @@ def session_state(session, run: dict | None = None) -> tuple[dict, dict[str, tor
     if session.recent is not None:
         tensors["recent"] = cpu(session.recent)
     stores = []
-    for i, store in enumerate(session.cache.stores()):
-        meta, parts = store.state()
+    for i, (meta, parts) in enumerate(store_states(session.cache)):
         stores.append(meta)
         tensors |= prefixed(f"store.{i}", parts)
     decoder = profiler = None
@@ -92,6 +92,8 @@ def session_state(session, run: dict | None = None) -> tuple[dict, dict[str, tor
         decoder, parts = session.decoder.state()
         tensors |= prefixed("decoder", parts)
     if session.profiler is not None:
+        if session.cache.split is not None:
+            gather_profile(session.profiler, session.cache.split)
         profiler, parts = session.profiler.state()
         tensors |= prefixed("profiler", parts)
     meta = dict(
@@ -106,6 +108,28 @@ def session_state(session, run: dict | None = None) -> tuple[dict, dict[str, tor
     )
     meta["sha256"] = digest(tensors, meta)
     return meta, tensors
+
+
+def store_states(cache) -> list[tuple[dict, dict]]:
+    """Every store's (meta, tensors), the whole model's under head parallelism (gathered from every rank)."""
+    states = [store.state() for store in cache.stores()]
+    if cache.split is None:
+        return states
+    return gather_states(cache.stores(), states, list(cache.policy.roles))
+
+
+def own_states(cache, saved: list, tensors: dict, path: str) -> list[tuple[dict, dict]]:
+    """The saved stores' (meta, tensors) for this cache's stores, in its order (a rank's share of the heads
+    under head parallelism, whatever rank count saved them)."""
+    stores = cache.stores()
+    if cache.split is not None:
+        shares = share_states(stores, saved, tensors)
+        if isinstance(shares, str):
+            raise UsageError(f"{path} is inconsistent: {shares}")
+        return shares
+    if len(stores) != len(saved):
+        raise UsageError(f"{path} is inconsistent: {len(saved)} stores saved, the session has {len(stores)}")
+    return [(meta, part(f"store.{i}", tensors)) for i, meta in enumerate(saved)]
 
 
 def write_state(path: str, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
@@ -209,13 +233,13 @@ def restore(session, meta: dict, tensors: dict, path: str) -> None:
     if (session.headmap is None) != (meta["headmap"] is None):
         raise UsageError(f"{path} is inconsistent: profiling state and HeadMap disagree")
     stores = session.cache.stores()
-    if len(stores) != len(meta["stores"]):
-        raise UsageError(f"{path} is inconsistent: {len(meta['stores'])} stores saved, the session has {len(stores)}")
-    for i, (store, saved) in enumerate(zip(stores, meta["stores"])):
-        wrong = store.check_state(saved, part(f"store.{i}", tensors))
+    saved = own_states(session.cache, meta["stores"], tensors, path)
+    for i, (store, (store_meta, parts)) in enumerate(zip(stores, saved)):
+        wrong = store.check_state(store_meta, parts)
         if wrong:
             raise UsageError(f"{path} is inconsistent: store {i}: {wrong}")
-    if meta["decoder"] is not None:
+    decodes = meta["decoder"] is not None and not session.follows  # (a rank that follows another decodes nothing)
+    if decodes:
         decoder = session.decoder
         if not (isinstance(decoder, StreamingVaeDecoder) and decoder.decodes_like(meta["decoder"])):
             raise UsageError(f"{path} holds a VAE decoder state this session does not decode with (decode option changed?)")
@@ -223,9 +247,9 @@ def restore(session, meta: dict, tensors: dict, path: str) -> None:
         if wrong:
             raise UsageError(f"{path} is inconsistent: {wrong}")
     # everything checked: copy in
-    for i, (store, saved) in enumerate(zip(stores, meta["stores"])):
-        store.load_state(saved, part(f"store.{i}", tensors))
-    if meta["decoder"] is not None:
+    for store, (store_meta, parts) in zip(stores, saved):
+        store.load_state(store_meta, parts)
+    if decodes:
         session.decoder.load_state(meta["decoder"], part("decoder", tensors))
     if session.profiler is not None:
         session.profiler.load_state(meta["profiler"], part("profiler", tensors))

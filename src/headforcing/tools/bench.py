@@ -99,14 +99,20 @@ def run_session(pipe: Pipeline, policy: str, durations: list[float], warmup_chun
     session.timer = timed
     ends = {latent_frames_for(d, spec.fps, spec.chunk_frames, spec.vae_stride[0]) // spec.chunk_frames: d for d in durations}
     rows, flops, first_frame_s = [], 0.0, None
+    sent = []  # bytes this rank sent per eager chunk (--parallel heads)
     start = time.perf_counter()
     while session.chunk < max(ends):
         flops += chunk_flops(session)  # before the chunk: the stores hold exactly the context it attends to
+        before = pipe.parallel.sent_bytes if pipe.parallel is not None else 0
         session.step()
+        if pipe.parallel is not None and pipe.parallel.sent_bytes > before:
+            sent.append(pipe.parallel.sent_bytes - before)
         if first_frame_s is None:
             first_frame_s = time.perf_counter() - start
         if session.chunk in ends:
             rows.append(row(pipe, session, ends[session.chunk], time.perf_counter() - start, times, flops, first_frame_s))
+            if pipe.parallel is not None:
+                rows[-1] |= dict(session.stats()["parallel"], sent_bytes_per_chunk=statistics.median(sent) if sent else None)
     return rows
 
 
@@ -130,7 +136,8 @@ def row(pipe: Pipeline, session, seconds: float, total: float, times: dict, flop
 def table(rows: list[dict]) -> str:
     head = ("| policy | compile | seconds | frames | e2e FPS | DiT FPS | VAE FPS | first frame s | peak GiB | cache MiB | "
             "TFLOP/s | recompiles | device |")
-    lines = [head, "|" + "---|" * 13]
+    ranks = any("ranks" in r for r in rows)
+    lines = [head + (" ranks | head imbalance | MiB sent per chunk |" if ranks else ""), "|" + "---|" * (16 if ranks else 13)]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['policy']} | {r['compile']} | {r['seconds']:g} | failed: {r['error']} |" + " |" * 9)
@@ -139,21 +146,27 @@ def table(rows: list[dict]) -> str:
             f"| {r['policy']} | {r['compile']} | {r['seconds']:g} | {r['frames']} | {r['e2e_fps']:.2f} | {r['dit_fps']:.2f} | "
             f"{r['vae_fps']:.2f} | {r['time_to_first_frame_s']:.3f} | {r['peak_memory_bytes'] / 2**30:.2f} | "
             f"{r['cache_bytes'] / 2**20:.1f} | {r['tflops']:.3f} | {r['recompiles']} | {r['device']} |"
+            + (f" {r['ranks']} | {r['imbalance']:.1%} | {(r['sent_bytes_per_chunk'] or 0) / 2**20:.2f} |" if "ranks" in r else "")
         )
     return "\n".join(lines)
 
 
 def bench(policies: list[str], durations: list[float], model: str, out: str | None, warmup: int = 2, size=None,
-          device: str | None = None, dtype: str | None = None, compile: str | None = None) -> list[dict]:
-    """Every policy x duration on one loaded model (loaded once); compiled for steady chunks if `compile`."""
+          device: str | None = None, dtype: str | None = None, compile: str | None = None,
+          parallel: str | None = None) -> list[dict] | None:
+    """Every policy x duration on one loaded model (loaded once); compiled for steady chunks if `compile`;
+    one stream over a torchrun launch's ranks with parallel="heads" (rank 0 writes and returns the rows,
+    with the ranks, the head imbalance and the bytes each rank sent per chunk; the others return None)."""
     from ..cache.policy import preset
 
     for policy in policies:
         preset(policy)  # an unknown name fails before the model loads
-    pipe = load(model, device=device, dtype=dtype)
+    pipe = load(model, device=device, dtype=dtype, parallel=parallel)
     if compile:
         pipe.compile(compile)
     rows = [r for policy in policies for r in run_session(pipe, policy, durations, warmup, size)]
+    if pipe.parallel is not None and not pipe.parallel.leads:
+        return None
     if out:
         write(out, rows)
     return rows
