@@ -139,3 +139,47 @@ def test_a_ctrl_c_passed_on_by_torchrun_counts_once(launched):
     out = subprocess.run([sys.executable, "-c", RELAYED_SIGNAL], capture_output=True, text=True, timeout=600, env=env)
     expected = "stop after the chunk" if launched else "interrupted again: stopped at once"
     assert out.stdout.strip() == expected, out.stdout + out.stderr
+
+
+def frames_of(chunk: dict) -> list:
+    import base64
+
+    import cv2
+    import numpy as np
+
+    return [cv2.imdecode(np.frombuffer(base64.b64decode(url.split(",")[1]), np.uint8), cv2.IMREAD_COLOR)[..., ::-1] for url in chunk["frames"]]
+
+
+def test_serve_on_two_ranks_streams_the_one_process_session(tmp_path):
+    """The live page's session on 2 ranks (rank 0 serves, rank 1 repeats its session calls): the frames sent
+    equal those of the same session in one process, prompt switch included."""
+    import numpy as np
+    from websockets.sync.client import connect
+
+    from headforcing.engine.pipeline import load
+    from test_server import free_port, receive
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "headforcing",
+                             "serve", "--parallel", "heads", "--port", str(port), "--buffer-seconds", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
+    try:
+        assert proc.stdout.readline().startswith("headforcing live: http://127.0.0.1:")  # printed once rank 0 listens
+        first, second = "a red circle bounces on a green background", "a blue square bounces on a white background"
+        with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
+            receive(ws, "ready")
+            ws.send(json.dumps(dict(type="start", prompt=first, policy="headforcing", seed=1)))
+            chunks = [receive(ws, "chunk") for _ in range(4)]
+            ws.send(json.dumps(dict(type="prompt", prompt=second)))
+            chunks += [receive(ws, "chunk") for _ in range(6)]
+    finally:
+        proc.send_signal(2)  # Ctrl-C: torchrun passes it on; rank 0 shuts down and tells rank 1
+        proc.wait(600)
+    switch = chunks[-1]["timeline"][1]["chunk"]
+    session = load("toy").session(first, policy="headforcing", seed=1)
+    for i, chunk in enumerate(chunks):
+        if i == switch:
+            session.set_prompt(second)
+        made = session.step().frames[0].numpy()
+        sent = np.stack(frames_of(chunk))
+        assert np.abs(made.astype(int) - sent).max() <= 1, i

@@ -15,6 +15,7 @@ from . import __version__, signals
 from .cache.policy import DEFAULT_RULE, PRESETS
 from .engine.compiled import MODES as COMPILE_MODES
 from .errors import RunError, UsageError
+from .ranks import world
 
 MODELS = "toy (the shipped toy-world model), tiny (random, for tests), wan2.1-1.3b (the real shape)"
 
@@ -227,6 +228,7 @@ def build_parser() -> Parser:
                      "default only the server's own page may")
     add_model_args(srv)
     add_compile_arg(srv)
+    add_parallel_arg(srv)
 
     conf = sub.add_parser("conformance", help="replay a Self-Forcing recording and compare its latents")
     conf.add_argument("recording")
@@ -560,15 +562,21 @@ def run_serve(args) -> int:
     if bad:
         raise UsageError(f"--allow-origin takes an origin such as https://example.org, got {bad[0]!r}")
     hosts = served_hosts(args.host, args.allow_host)
-    sock = listen(args.host, args.port)  # before the model loads
+    leads = not args.parallel or world()[0] == 0  # (serve --parallel heads: rank 0 serves, the others follow it)
+    sock = listen(args.host, args.port) if leads else None  # before the model loads
     import uvicorn
 
     from .engine.pipeline import load
     from .server.app import create_app
 
-    pipe = load(args.model, **load_args(args))
+    pipe = load(args.model, **load_args(args), parallel=args.parallel)
     if args.compile:
         pipe.compile(args.compile)
+    if not leads:
+        from .server.mirror import follow
+
+        follow(pipe, args.blend_chunks)
+        return 0
     app = create_app(pipe, args.max_sessions, token, args.blend_chunks, hosts, tuple(args.allow_origin),
                      args.idle_timeout, args.buffer_seconds)
     host = f"[{args.host}]" if ":" in args.host else args.host

@@ -67,7 +67,7 @@ def create_app(pipe, max_sessions: int = 2, token: str | None = None, blend_chun
     @asynccontextmanager
     async def lifespan(app):
         yield
-        hub.model.shutdown(wait=True)
+        hub.close()
         shutil.rmtree(hub.folder, ignore_errors=True)
 
     # no /docs, /redoc or /openapi.json: the page and its socket are the whole interface (docs/LIVE.md)

@@ -21,6 +21,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 from ..cache.policy import PRESETS, preset
 from ..errors import UsageError
 from .live import Live
+from .mirror import CALLS, announce, keep_alive
 
 MAX_PROMPT = 500  # characters
 MAX_MESSAGE = 16 * 1024  # characters of one socket message: more is refused before it is parsed
@@ -91,16 +92,30 @@ class Hub:
         self.model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="headforcing-model")
         self.model.submit(int).result()  # its one thread starts now and serves every session: none is made per connection
         self.vocabulary = list(getattr(self.pipe.text_encoder, "vocabulary", ()) or []) or None
+        self.beat = keep_alive(self.model) if self.pipe.parallel is not None else None
 
     async def on_model(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.model, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.model, self._call, fn, args)
+
+    def _call(self, fn, args):
+        """On the model thread: a session call is first announced to the other ranks (serve --parallel heads)."""
+        if self.beat is not None and isinstance(fn.__self__, Live) and fn.__name__ in CALLS:
+            announce(fn.__self__.sid, fn.__name__, args)
+        return fn(*args)
+
+    def close(self) -> None:
+        """After the last page: the model thread's work ends (and the other ranks are told so)."""
+        if self.beat is not None:
+            self.beat.set()
+            self.model.submit(announce, None, "end").result()
+        self.model.shutdown(wait=True)
 
 
 class Connection:
     def __init__(self, hub: Hub, ws: WebSocket):
         self.hub, self.ws, self.spec = hub, ws, hub.pipe.spec
         self.sid = f"{time.monotonic_ns():x}"
-        self.live = hub.lives[self.sid] = Live(hub.pipe, hub.folder, hub.blend_chunks)
+        self.live = hub.lives[self.sid] = Live(hub.pipe, hub.folder, hub.blend_chunks, self.sid)
         self.sent = self.played = 0
         self.paused = False
         self.fps_made, self.chunk_seconds = 0.0, None
@@ -221,7 +236,7 @@ class Connection:
         if self.live.session is None:  # a prompt before any session starts one
             return await self.on_start(message)
         prompt = check_prompt(message.get("prompt"))
-        await self.hub.on_model(self.live.session.set_prompt, prompt)
+        await self.hub.on_model(self.live.set_prompt, prompt)
         await self.note(prompt)
 
     async def on_restart(self, message: dict) -> None:

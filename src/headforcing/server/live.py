@@ -31,8 +31,8 @@ def data_url(frame: np.ndarray) -> str:
 
 
 class Live:
-    def __init__(self, pipe, folder: Path, blend_chunks: int = 0):
-        self.pipe, self.folder, self.blend_chunks = pipe, folder, blend_chunks
+    def __init__(self, pipe, folder: Path, blend_chunks: int = 0, sid: str | None = None):
+        self.pipe, self.folder, self.blend_chunks, self.sid = pipe, folder, blend_chunks, sid
         self.session = None
         self.writer = None
         self.saves = 0
@@ -45,6 +45,9 @@ class Live:
     def _open_writer(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="live-", dir=self.folder))
         self.writer = Mp4Writer(self.dir / "video.mp4", self.session.width, self.session.height, self.pipe.spec.fps)
+
+    def set_prompt(self, prompt: str) -> None:
+        self.session.set_prompt(prompt)
 
     def step(self) -> tuple[dict, list[str]]:
         chunk = self.session.step()
