@@ -53,3 +53,30 @@ def test_no_import_cycles():
 
 def test_the_cycle_finder_finds_one():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+
+
+def test_tools_do_not_import_the_toy_world():
+    graph = {module_name(p): imports(p) for p in ROOT.rglob("*.py")}
+    tools = {m: deps for m, deps in graph.items() if m.startswith("headforcing.tools.")}
+    assert tools and not {d for deps in tools.values() for d in deps if d.startswith("headforcing.toyworld")}
+
+
+TABLES = {("cache/policy.py", "preset")}  # functions that are tables of data (the presets, one entry each)
+
+
+def test_no_function_is_longer_than_60_lines():
+    long = []
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                if (str(path.relative_to(ROOT)), node.name) not in TABLES:
+                    long.append(f"{path.relative_to(ROOT)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert long == []
+
+
+def test_the_toy_models_profile_prompts_are_its_worlds_captions():
+    from headforcing.models.specs import TOY
+    from headforcing.models.toy import PROFILE_PROMPTS
+    from headforcing.toyworld.world import make_world
+
+    assert list(PROFILE_PROMPTS) == [make_world(seed, TOY.size[0]).caption() for seed in range(8)]

@@ -359,6 +359,22 @@ def test_own_drawing_replaces_only_the_context_chunks_of_the_picked_clips():
     assert 0 < change.mean() < 0.3 and drawn.abs().max() <= 1.0
 
 
+def test_own_context_is_what_training_sees(tmp_path, monkeypatch):
+    """--own-context reaches the training step: the picked clips' context is the model's own drawing (it was
+    accepted and recorded but not applied before 2026-12-02), and the weights differ from a run without it."""
+    import headforcing.toyworld.train as toytrain
+    from safetensors.torch import load_file
+
+    shares = []
+    real = toytrain.own_drawing
+    monkeypatch.setattr(toytrain, "own_drawing", lambda *args: shares.append(args[5]) or real(*args))
+    drawn = toytrain.train(str(tmp_path / "own"), 1, batch=2, save_every=1, log=lambda m: None, own_context=1.0)
+    plain = toytrain.train(str(tmp_path / "plain"), 1, batch=2, save_every=1, log=lambda m: None)
+    assert shares == [1.0]  # once, in the one step of the first run; never in the second
+    a, b = load_file(str(drawn)), load_file(str(plain))
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
 def test_return_share_one_makes_every_memory_clip_a_leave_and_return():
     from headforcing.toyworld.memory import training_clip
 

@@ -205,7 +205,7 @@ def make(pipe, template, entry: Entry, policy: str, path: Path, generate) -> dic
     prompt = entry.prompt if isinstance(entry.prompt, str) else [dict(start=c.start, prompt=c.prompt) for c in entry.prompt]
     start = time.perf_counter()
     try:
-        summary = generate(request, progress=False, pipe=pipe)
+        summary = generate(pipe, request, progress=False)
     except UsageError as e:
         return dict(status="failed", error=str(e), prompt=prompt, seed=seed)
     except Exception as e:  # noqa: BLE001 — a failed entry is recorded and the others go on

@@ -87,152 +87,8 @@ def build_parser() -> Parser:
     parser = Parser(prog="headforcing", description="Long AR video generation with a head-wise KV cache.")
     parser.add_argument("--version", action="version", version=f"headforcing {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-
-    gen = sub.add_parser("generate", help="generate a video chunk by chunk")
-    add_threads_arg(gen)
-    gen.add_argument("--prompt", action="append", help='a prompt; repeat as "text@SECONDS" for a timeline')
-    gen.add_argument("--timeline", help='JSONL file of {"start": seconds, "prompt": text}')
-    gen.add_argument("--seconds", type=float, help="seconds of video to generate (default: 5)")
-    gen.add_argument("--policy", help=f"one of: {', '.join(PRESETS)} (default: headforcing); or a variant for "
-                     "ablations (docs/POLICIES.md)")
-    gen.add_argument("--out", help="output .mp4 (omit with --latents-only)")
-    gen.add_argument("--latents-only", action="store_true", help="run the DiT only; decode and write nothing")
-    gen.add_argument("--heads", help="HeadMap JSON for multi-role policies, or 'auto' to profile the first window online")
-    gen.add_argument("--rule", default=DEFAULT_RULE, help="head classification rule for --heads auto")
-    gen.add_argument("--trace", help="write episodic-memory decisions to this JSONL file")
-    gen.add_argument("--eval", action="store_true", help="run the no-model metrics on the video (into OUT.eval/)")
-    gen.add_argument("--init-video", help="continue this clip (its frames are encoded and committed as context; "
-                     "--seconds and prompt times then count from its end)")
-    gen.add_argument("--init-image", help="start from this image (committed alone as the first latent frame)")
-    gen.add_argument("--crf", type=int, help="H.264 quality, 0 (lossless) .. 51 (default: 18)")
-    gen.add_argument("--prompts", help="a prompt set: text (a prompt a line) or JSONL ({\"prompt\"} or {\"timeline\"}, "
-                     "optional \"id\", \"seed\"); one video per entry into --out-dir; shard it with torchrun")
-    gen.add_argument("--out-dir", help="folder for a prompt set's videos and manifest.jsonl")
-    gen.add_argument("--policies", help="with --prompts: comma-separated policies, each entry made under each "
-                     "(DIR/<policy>/<id>.mp4)")
-    gen.add_argument("--resume", help="a STEM.state.safetensors left by an interrupted run: finish that run into --out "
-                     "(prompts, timeline, seconds, policy, heads, seed and model come from the state)")
-    add_model_args(gen)
-    add_compile_arg(gen)
-    add_parallel_arg(gen)
-    gen.set_defaults(seed=None, model=None)  # None: not given (so --resume can tell a contradicting flag)
-
-    prof = sub.add_parser("profile", help="measure what each head attends to and classify heads into roles")
-    add_threads_arg(prof)
-    prof.add_argument("--out", required=True, help="heads.json (the HeadMap with its statistics); a .png beside it")
-    prof.add_argument("--prompts", help="a file of prompts, one per line (default: a few built-in ones)")
-    prof.add_argument("--chunks", type=int, default=7, help="chunks to run, inside the trained window (default 7)")
-    prof.add_argument("--queries", type=int, default=256, help="query tokens sampled per chunk")
-    prof.add_argument("--rule", default=DEFAULT_RULE, help=f"classification rule (default {DEFAULT_RULE.replace('%', '%%')})")
-    prof.add_argument("--from", dest="source", help="re-derive a HeadMap from saved statistics, without running")
-    prof.add_argument("--install", action="store_true", help="also keep the profile as these weights' default roles "
-                      "(typed policies run without --heads use it; see docs/POLICIES.md)")
-    add_model_args(prof)
-
-    ev = sub.add_parser("eval", help="long-video metrics over time for one or more mp4 files")
-    add_threads_arg(ev)
-    ev.add_argument("videos", nargs="+", help="mp4 files, or folders of them (DIR/<policy>/<id>.mp4: one row per policy); "
-                    "shard them with torchrun")
-    ev.add_argument("--out", required=True, help="folder for metrics.json, segments.csv and plots")
-    ev.add_argument("--segments", default="5s", help="segment length (default 5s)")
-    ev.add_argument("--prompt-timeline", help="a .timeline.json or JSONL timeline, for per-prompt CLIP scores")
-    ev.add_argument("--weights-dir", help="VBench-style folder of local weights for the learned metrics")
-    ev.add_argument("--clip-seconds", type=float, default=2.0, help="clip length of the long-video rule")
-
-    b = sub.add_parser("bench", help="time presets x durations: FPS, first frame, memory, TFLOP/s")
-    add_threads_arg(b)
-    b.add_argument("--policies", default="self-forcing,headforcing")
-    b.add_argument("--seconds", default="10,60", help="durations, comma-separated")
-    b.add_argument("--model", default=None, help="default: wan2.1-1.3b on a GPU, tiny on a CPU (smoke test)")
-    b.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT (default: the model's)")
-    b.add_argument("--warmup", type=int, default=2, help="chunks of warm-up before timing")
-    b.add_argument("--device")
-    b.add_argument("--dtype")
-    b.add_argument("--out", help="folder for bench.json and bench.md")
-    b.add_argument("--estimate", action="store_true", help="print the memory a run needs (weights, text encoder, cache per "
-                   "preset, activations), computed from the model's spec at 832x480 and 1280x720 (or --size); nothing runs")
-    add_compile_arg(b)
-    add_parallel_arg(b)
-    b.add_argument("--gpu-report", metavar="DIR", help="the whole GPU measurement in one go: eager / compiled / CUDA graphs x "
-                   "self-forcing, headforcing x 10 s, 60 s at 832x480 (random weights): DIR/bench.json, DIR/BENCHMARKS.md")
-
-    ins = sub.add_parser("inspect", help="say what a checkpoint file or Wan folder is and whether it loads")
-    ins.add_argument("path")
-
-    toy = sub.add_parser("toyworld", help="the toy world: train its model, or measure long-horizon drift against its truth")
-    toy_sub = toy.add_subparsers(dest="toy_command", required=True, parser_class=Parser)
-    tr = toy_sub.add_parser("train", help="train the toy-world model (seeded; checkpoints every --save-every steps)")
-    add_threads_arg(tr)
-    tr.add_argument("--out", required=True, help="folder for stepNNNNNN.safetensors (+ .json) checkpoints")
-    tr.add_argument("--steps", type=int, default=3000)
-    tr.add_argument("--batch", type=int, default=8)
-    tr.add_argument("--lr", type=float, default=1e-3)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--save-every", type=int, default=250)
-    tr.add_argument("--device", default="cpu", help="cpu or cuda (a lent GPU trains a larger budget in minutes)")
-    tr.add_argument("--resume", help="a checkpoint of `toyworld train`: go on from its step to --steps")
-    tr.add_argument("--cooldown", type=int, default=0, help="let the learning rate fall linearly to 0 over the last N steps")
-    tr.add_argument("--memory-share", type=float, default=0.0, help="share of clips that are memory cases (unsaid colours, "
-                    "objects leaving and returning inside the window), 0..1")
-    tr.add_argument("--trainable", choices=("all", "text"), default="all",
-                    help="what training changes: every weight, or only what reads the caption (word encoder, text projection, cross-attention)")
-    tr.add_argument("--context-timestep", type=float, default=0.0,
-                    help="the timestep clean context chunks are given (default 0; the toy model's sampler commits at 50)")
-    tr.add_argument("--context-jitter", type=float, default=0.0,
-                    help="context pixels get noise of a level drawn per clip from 0..this (default 0: exact context)")
-    tr.add_argument("--own-context", type=float, default=0.0,
-                    help="share of clips whose clean context is the model's own one-step drawing of it (default 0)")
-    tr.add_argument("--ema-decay", type=float, default=0.999, help="decay of the weights' moving average that checkpoints "
-                    "keep (default 0.999; lower follows a short fine-tune sooner)")
-    tr.add_argument("--return-share", type=float, default=0.5,
-                    help="of the memory clips, the share where an object leaves and comes back (default 0.5)")
-    te = toy_sub.add_parser("eval", help="generate far past the window per policy; decode the world state; compare with the captions")
-    add_threads_arg(te)
-    te.add_argument("--out", required=True, help="folder for toyworld.json, toyworld.md, curves and frames")
-    te.add_argument("--policies", default="self-forcing,longlive,infinity-rope,headforcing",
-                    help="cache presets; 'truth' measures the world's own frames (the benchmark's ceiling)")
-    te.add_argument("--seconds", default="60,300", help="durations, comma-separated")
-    te.add_argument("--seeds", type=int, default=8)
-    te.add_argument("--first-seed", type=int, default=0, help="seeds FIRST .. FIRST+SEEDS-1 (default 0)")
-    te.add_argument("--heads", help="HeadMap JSON for headforcing and headforcing-coarse (from `headforcing profile --model toy`)")
-    te.add_argument("--change-at", type=float, help="switch each seed's prompt to a changed scene at this second")
-    te.add_argument("--toy-weights", help="a checkpoint from `toyworld train`, or 'memory' (the packaged fine-tune that copies "
-                    "unsaid colours from its context) (default: the shipped one)")
-    te.add_argument("--solver", choices=["euler", "renoise"], help="override the model's solver (to compare them)")
-    te.add_argument("--context-noise", type=int, help="override the commit pass's timestep (the model's own: 50)")
-    te.add_argument("--blend-chunks", type=int, default=0, help="blend the text conditioning over N chunks at the --change-at switch")
-    te.add_argument("--suite", choices=["default", "memory", "recall"], default="default",
-                    help="default: drift against the captions; memory: unsaid colours kept, objects that leave and return "
-                    "(recall after 5, 15, 30, 60 s); recall: six objects that leave and return for 5-120 s, scored "
-                    "teacher-forced and free-running, with the oracle and window reference caches")
-    te.add_argument("--modes", default="teacher,free", help="recall suite: teacher, free or both (default)")
-    te.add_argument("--novelty", type=float, help="the episodic memory's novelty threshold (default 0.05), to tune it")
-
-    srv = sub.add_parser("serve", help="a live page: the video plays as it is made, prompts change while it plays")
-    add_threads_arg(srv)
-    srv.add_argument("--host", default="127.0.0.1", help="address to bind; any other than this machine's loopback needs a token")
-    srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--token", help="required on the page URL and the WebSocket (generated and printed off localhost)")
-    srv.add_argument("--max-sessions", type=int, default=2, help="live sessions at once (a page takes a slot when it "
-                     "starts one); a page starting past them is told the server is busy and starts when a slot frees")
-    srv.add_argument("--idle-timeout", type=float, default=600.0, metavar="SECONDS",
-                     help="end a session after this long without a control or a frame played in a visible page (default 600)")
-    srv.add_argument("--buffer-seconds", type=float, metavar="SECONDS",
-                     help="video the page may hold unplayed (default: measured, one chunk plus 1.5x what plays while one is made)")
-    srv.add_argument("--blend-chunks", type=int, default=0, help="blend the text conditioning over N chunks at a prompt switch (0: hard)")
-    srv.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                     help="a further name the Host header may give (e.g. a reverse proxy's); repeatable. By default only the "
-                     "bound address (and localhost on loopback) is answered")
-    srv.add_argument("--allow-origin", action="append", default=[], metavar="URL",
-                     help="a further origin (https://example.org) whose pages may open the live socket; repeatable. By "
-                     "default only the server's own page may")
-    add_model_args(srv)
-    add_compile_arg(srv)
-    add_parallel_arg(srv)
-
-    conf = sub.add_parser("conformance", help="replay a Self-Forcing recording and compare its latents")
-    conf.add_argument("recording")
-    conf.add_argument("--tolerance", type=float, default=1e-4)
+    for flags in (generate_flags, profile_flags, eval_flags, bench_flags, inspect_flags, toyworld_flags, serve_flags, conformance_flags):
+        flags(sub)
     return parser
 
 
@@ -275,8 +131,40 @@ def prompt_timeline(args):
     return [parse_prompt_arg(p) for p in args.prompt]
 
 
+def generate_flags(sub) -> None:
+    gen = sub.add_parser("generate", help="generate a video chunk by chunk")
+    add_threads_arg(gen)
+    gen.add_argument("--prompt", action="append", help='a prompt; repeat as "text@SECONDS" for a timeline')
+    gen.add_argument("--timeline", help='JSONL file of {"start": seconds, "prompt": text}')
+    gen.add_argument("--seconds", type=float, help="seconds of video to generate (default: 5)")
+    gen.add_argument("--policy", help=f"one of: {', '.join(PRESETS)} (default: headforcing); or a variant for "
+                     "ablations (docs/POLICIES.md)")
+    gen.add_argument("--out", help="output .mp4 (omit with --latents-only)")
+    gen.add_argument("--latents-only", action="store_true", help="run the DiT only; decode and write nothing")
+    gen.add_argument("--heads", help="HeadMap JSON for multi-role policies, or 'auto' to profile the first window online")
+    gen.add_argument("--rule", default=DEFAULT_RULE, help="head classification rule for --heads auto")
+    gen.add_argument("--trace", help="write episodic-memory decisions to this JSONL file")
+    gen.add_argument("--eval", action="store_true", help="run the no-model metrics on the video (into OUT.eval/)")
+    gen.add_argument("--init-video", help="continue this clip (its frames are encoded and committed as context; "
+                     "--seconds and prompt times then count from its end)")
+    gen.add_argument("--init-image", help="start from this image (committed alone as the first latent frame)")
+    gen.add_argument("--crf", type=int, help="H.264 quality, 0 (lossless) .. 51 (default: 18)")
+    gen.add_argument("--prompts", help="a prompt set: text (a prompt a line) or JSONL ({\"prompt\"} or {\"timeline\"}, "
+                     "optional \"id\", \"seed\"); one video per entry into --out-dir; shard it with torchrun")
+    gen.add_argument("--out-dir", help="folder for a prompt set's videos and manifest.jsonl")
+    gen.add_argument("--policies", help="with --prompts: comma-separated policies, each entry made under each "
+                     "(DIR/<policy>/<id>.mp4)")
+    gen.add_argument("--resume", help="a STEM.state.safetensors left by an interrupted run: finish that run into --out "
+                     "(prompts, timeline, seconds, policy, heads, seed and model come from the state)")
+    add_model_args(gen)
+    add_compile_arg(gen)
+    add_parallel_arg(gen)
+    gen.set_defaults(seed=None, model=None)  # None: not given (so --resume can tell a contradicting flag)
+
+
 def run_generate(args) -> int:
-    from .generate import Request, generate, resume
+    from .engine.pipeline import load
+    from .generate import Request, finish, generate, plan, resumed
 
     if args.out is not None and args.latents_only:
         raise UsageError("--latents-only writes nothing; give --out or --latents-only, not both")
@@ -288,8 +176,9 @@ def run_generate(args) -> int:
                      prompt=prompt_timeline(args) if args.prompt or args.timeline else None,
                      rule=None if args.rule == DEFAULT_RULE else args.rule, crf=args.crf, compile=args.compile,
                      trace=args.trace, parallel=args.parallel)
-        summary = resume(args.resume, args.out, given, progress=not args.quiet)
-        return report_generate(args, summary)
+        job = resumed(args.resume, args.out, given)  # checked before anything loads
+        pipe = load(job.request.model, **job.request.load_args())
+        return report_generate(args, finish(pipe, job, progress=not args.quiet))
     if args.out is None and not args.latents_only:
         raise UsageError("give --out FILE.mp4, or --latents-only")
     prompt = prompt_timeline(args)
@@ -311,7 +200,9 @@ def run_generate(args) -> int:
         parallel=args.parallel,
         **model_request_args(args),
     )
-    return report_generate(args, generate(request, progress=not args.quiet))
+    work = plan(request)  # checked before anything loads
+    pipe = load(request.model, **request.load_args())
+    return report_generate(args, generate(pipe, request, work, progress=not args.quiet))
 
 
 def given_defaults(args) -> None:
@@ -366,6 +257,18 @@ def report_generate(args, summary) -> int:
     return 0
 
 
+def eval_flags(sub) -> None:
+    ev = sub.add_parser("eval", help="long-video metrics over time for one or more mp4 files")
+    add_threads_arg(ev)
+    ev.add_argument("videos", nargs="+", help="mp4 files, or folders of them (DIR/<policy>/<id>.mp4: one row per policy); "
+                    "shard them with torchrun")
+    ev.add_argument("--out", required=True, help="folder for metrics.json, segments.csv and plots")
+    ev.add_argument("--segments", default="5s", help="segment length (default 5s)")
+    ev.add_argument("--prompt-timeline", help="a .timeline.json or JSONL timeline, for per-prompt CLIP scores")
+    ev.add_argument("--weights-dir", help="VBench-style folder of local weights for the learned metrics")
+    ev.add_argument("--clip-seconds", type=float, default=2.0, help="clip length of the long-video rule")
+
+
 def run_eval(args) -> int:
     from .evaluation.report import evaluate, parse_seconds
 
@@ -385,12 +288,45 @@ def run_eval(args) -> int:
     return 0
 
 
+def profile_flags(sub) -> None:
+    prof = sub.add_parser("profile", help="measure what each head attends to and classify heads into roles")
+    add_threads_arg(prof)
+    prof.add_argument("--out", required=True, help="heads.json (the HeadMap with its statistics); a .png beside it")
+    prof.add_argument("--prompts", help="a file of prompts, one per line (default: a few built-in ones)")
+    prof.add_argument("--chunks", type=int, default=7, help="chunks to run, inside the trained window (default 7)")
+    prof.add_argument("--queries", type=int, default=256, help="query tokens sampled per chunk")
+    prof.add_argument("--rule", default=DEFAULT_RULE, help=f"classification rule (default {DEFAULT_RULE.replace('%', '%%')})")
+    prof.add_argument("--from", dest="source", help="re-derive a HeadMap from saved statistics, without running")
+    prof.add_argument("--install", action="store_true", help="also keep the profile as these weights' default roles "
+                      "(typed policies run without --heads use it; see docs/POLICIES.md)")
+    add_model_args(prof)
+
+
 def run_profile(args) -> int:
     from .tools.profile import profile
 
     out = profile(args, load_args(args), dict(seed=args.seed, size=args.size, context_noise=args.context_noise))
     print(f"wrote {out} and {out.with_suffix('.png')}")
     return 0
+
+
+def bench_flags(sub) -> None:
+    b = sub.add_parser("bench", help="time presets x durations: FPS, first frame, memory, TFLOP/s")
+    add_threads_arg(b)
+    b.add_argument("--policies", default="self-forcing,headforcing")
+    b.add_argument("--seconds", default="10,60", help="durations, comma-separated")
+    b.add_argument("--model", default=None, help="default: wan2.1-1.3b on a GPU, tiny on a CPU (smoke test)")
+    b.add_argument("--size", type=parse_size, help="WIDTHxHEIGHT (default: the model's)")
+    b.add_argument("--warmup", type=int, default=2, help="chunks of warm-up before timing")
+    b.add_argument("--device")
+    b.add_argument("--dtype")
+    b.add_argument("--out", help="folder for bench.json and bench.md")
+    b.add_argument("--estimate", action="store_true", help="print the memory a run needs (weights, text encoder, cache per "
+                   "preset, activations), computed from the model's spec at 832x480 and 1280x720 (or --size); nothing runs")
+    add_compile_arg(b)
+    add_parallel_arg(b)
+    b.add_argument("--gpu-report", metavar="DIR", help="the whole GPU measurement in one go: eager / compiled / CUDA graphs x "
+                   "self-forcing, headforcing x 10 s, 60 s at 832x480 (random weights): DIR/bench.json, DIR/BENCHMARKS.md")
 
 
 def run_bench(args) -> int:
@@ -437,33 +373,60 @@ def parse_durations(text: str) -> list[float]:
     return durations
 
 
+def toyworld_flags(sub) -> None:
+    toy = sub.add_parser("toyworld", help="the toy world: train its model, or measure long-horizon drift against its truth")
+    toy_sub = toy.add_subparsers(dest="toy_command", required=True, parser_class=Parser)
+    tr = toy_sub.add_parser("train", help="train the toy-world model (seeded; checkpoints every --save-every steps)")
+    add_threads_arg(tr)
+    tr.add_argument("--out", required=True, help="folder for stepNNNNNN.safetensors (+ .json) checkpoints")
+    tr.add_argument("--steps", type=int, default=3000)
+    tr.add_argument("--batch", type=int, default=8)
+    tr.add_argument("--lr", type=float, default=1e-3)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--save-every", type=int, default=250)
+    tr.add_argument("--device", default="cpu", help="cpu or cuda (a lent GPU trains a larger budget in minutes)")
+    tr.add_argument("--resume", help="a checkpoint of `toyworld train`: go on from its step to --steps")
+    tr.add_argument("--cooldown", type=int, default=0, help="let the learning rate fall linearly to 0 over the last N steps")
+    tr.add_argument("--memory-share", type=float, default=0.0, help="share of clips that are memory cases (unsaid colours, "
+                    "objects leaving and returning inside the window), 0..1")
+    tr.add_argument("--trainable", choices=("all", "text"), default="all",
+                    help="what training changes: every weight, or only what reads the caption (word encoder, text projection, cross-attention)")
+    tr.add_argument("--context-timestep", type=float, default=0.0,
+                    help="the timestep clean context chunks are given (default 0; the toy model's sampler commits at 50)")
+    tr.add_argument("--context-jitter", type=float, default=0.0,
+                    help="context pixels get noise of a level drawn per clip from 0..this (default 0: exact context)")
+    tr.add_argument("--own-context", type=float, default=0.0,
+                    help="share of clips whose clean context is the model's own one-step drawing of it (default 0)")
+    tr.add_argument("--ema-decay", type=float, default=0.999, help="decay of the weights' moving average that checkpoints "
+                    "keep (default 0.999; lower follows a short fine-tune sooner)")
+    tr.add_argument("--return-share", type=float, default=0.5,
+                    help="of the memory clips, the share where an object leaves and comes back (default 0.5)")
+    te = toy_sub.add_parser("eval", help="generate far past the window per policy; decode the world state; compare with the captions")
+    add_threads_arg(te)
+    te.add_argument("--out", required=True, help="folder for toyworld.json, toyworld.md, curves and frames")
+    te.add_argument("--policies", default="self-forcing,longlive,infinity-rope,headforcing",
+                    help="cache presets; 'truth' measures the world's own frames (the benchmark's ceiling)")
+    te.add_argument("--seconds", default="60,300", help="durations, comma-separated")
+    te.add_argument("--seeds", type=int, default=8)
+    te.add_argument("--first-seed", type=int, default=0, help="seeds FIRST .. FIRST+SEEDS-1 (default 0)")
+    te.add_argument("--heads", help="HeadMap JSON for headforcing and headforcing-coarse (from `headforcing profile --model toy`)")
+    te.add_argument("--change-at", type=float, help="switch each seed's prompt to a changed scene at this second")
+    te.add_argument("--toy-weights", help="a checkpoint from `toyworld train`, or 'memory' (the packaged fine-tune that copies "
+                    "unsaid colours from its context) (default: the shipped one)")
+    te.add_argument("--solver", choices=["euler", "renoise"], help="override the model's solver (to compare them)")
+    te.add_argument("--context-noise", type=int, help="override the commit pass's timestep (the model's own: 50)")
+    te.add_argument("--blend-chunks", type=int, default=0, help="blend the text conditioning over N chunks at the --change-at switch")
+    te.add_argument("--suite", choices=["default", "memory", "recall"], default="default",
+                    help="default: drift against the captions; memory: unsaid colours kept, objects that leave and return "
+                    "(recall after 5, 15, 30, 60 s); recall: six objects that leave and return for 5-120 s, scored "
+                    "teacher-forced and free-running, with the oracle and window reference caches")
+    te.add_argument("--modes", default="teacher,free", help="recall suite: teacher, free or both (default)")
+    te.add_argument("--novelty", type=float, help="the episodic memory's novelty threshold (default 0.05), to tune it")
+
+
 def run_toyworld(args) -> int:
     if args.toy_command == "train":
-        from .models.toy import checkpoint_info
-        from .toyworld.train import train
-
-        if args.steps < 1 or args.batch < 1:
-            raise UsageError("--steps and --batch must be at least 1")
-        if not 0 <= args.memory_share <= 1:
-            raise UsageError(f"--memory-share must be 0..1, got {args.memory_share}")
-        if not 0 <= args.context_timestep < 1000 or not 0 <= args.context_jitter <= 1:
-            raise UsageError(f"--context-timestep must be 0..999 and --context-jitter 0..1, got {args.context_timestep} and {args.context_jitter}")
-        if not 0 <= args.ema_decay < 1:
-            raise UsageError(f"--ema-decay must be in 0..1 (1 excluded), got {args.ema_decay}")
-        if not 0 <= args.own_context <= 1 or not 0 <= args.return_share <= 1:
-            raise UsageError(f"--own-context and --return-share must be 0..1, got {args.own_context} and {args.return_share}")
-        if not 0 <= args.cooldown <= args.steps:
-            raise UsageError(f"--cooldown must be between 0 and --steps ({args.steps}), got {args.cooldown}")
-        done = checkpoint_info(args.resume)["steps"] if args.resume else 0
-        if args.steps <= done:
-            raise UsageError(f"--steps {args.steps} is not past the {done} steps of --resume {args.resume}")
-        last = train(args.out, args.steps, args.batch, args.seed, args.lr, ema_decay=args.ema_decay, save_every=args.save_every,
-                     log=lambda m: print(m, flush=True), device=args.device, resume=args.resume,
-                     cooldown=args.cooldown, memory_share=args.memory_share, trainable=args.trainable,
-                     context_timestep=args.context_timestep, context_jitter=args.context_jitter,
-                     own_context=args.own_context, return_share=args.return_share)
-        print(f"wrote {last}; use it with --toy-weights {last}")
-        return 0
+        return run_toy_train(args)
     from .cache.policy import PRESETS, known
     from .toyworld.eval import evaluate
 
@@ -477,22 +440,7 @@ def run_toyworld(args) -> int:
     if args.suite != "memory" and args.novelty is not None:
         raise UsageError("--novelty goes with --suite memory")
     if args.suite == "memory":
-        from .toyworld.eval import evaluate_memory
-
-        if args.change_at is not None:
-            raise UsageError("--change-at belongs to the default suite; the memory suite scripts its own scenes")
-        sampling = dict(solver=args.solver, context_noise=args.context_noise, blend_chunks=args.blend_chunks)
-        if args.novelty is not None:
-            from .cache.episodic import EpisodicConfig
-
-            sampling["episodic"] = EpisodicConfig(novelty=args.novelty)
-        report = evaluate_memory(policies, parse_durations(args.seconds), args.seeds, args.out, args.heads, args.toy_weights,
-                                 sampling, args.first_seed)
-        if report is None:
-            return 0
-        print((Path(args.out) / "memory.md").read_text(), end="")
-        print(f"wrote {args.out}/memory.json, memory.md, memory_frames_*.png ({len(report['results'])} rows)")
-        return 0
+        return run_memory_suite(args, policies)
     report = evaluate(policies, parse_durations(args.seconds), args.seeds, args.out, args.heads, args.toy_weights,
                       args.change_at, dict(solver=args.solver, context_noise=args.context_noise, blend_chunks=args.blend_chunks),
                       args.first_seed)
@@ -500,6 +448,53 @@ def run_toyworld(args) -> int:
         return 0
     print((Path(args.out) / "toyworld.md").read_text(), end="")
     print(f"wrote {args.out}/toyworld.json, toyworld.md, curves_*.png/csv, frames_*.png ({len(report['results'])} runs)")
+    return 0
+
+
+def run_toy_train(args) -> int:
+    from .models.toy import checkpoint_info
+    from .toyworld.train import train
+
+    if args.steps < 1 or args.batch < 1:
+        raise UsageError("--steps and --batch must be at least 1")
+    if not 0 <= args.memory_share <= 1:
+        raise UsageError(f"--memory-share must be 0..1, got {args.memory_share}")
+    if not 0 <= args.context_timestep < 1000 or not 0 <= args.context_jitter <= 1:
+        raise UsageError(f"--context-timestep must be 0..999 and --context-jitter 0..1, got {args.context_timestep} and {args.context_jitter}")
+    if not 0 <= args.ema_decay < 1:
+        raise UsageError(f"--ema-decay must be in 0..1 (1 excluded), got {args.ema_decay}")
+    if not 0 <= args.own_context <= 1 or not 0 <= args.return_share <= 1:
+        raise UsageError(f"--own-context and --return-share must be 0..1, got {args.own_context} and {args.return_share}")
+    if not 0 <= args.cooldown <= args.steps:
+        raise UsageError(f"--cooldown must be between 0 and --steps ({args.steps}), got {args.cooldown}")
+    done = checkpoint_info(args.resume)["steps"] if args.resume else 0
+    if args.steps <= done:
+        raise UsageError(f"--steps {args.steps} is not past the {done} steps of --resume {args.resume}")
+    last = train(args.out, args.steps, args.batch, args.seed, args.lr, ema_decay=args.ema_decay, save_every=args.save_every,
+                 log=lambda m: print(m, flush=True), device=args.device, resume=args.resume,
+                 cooldown=args.cooldown, memory_share=args.memory_share, trainable=args.trainable,
+                 context_timestep=args.context_timestep, context_jitter=args.context_jitter,
+                 own_context=args.own_context, return_share=args.return_share)
+    print(f"wrote {last}; use it with --toy-weights {last}")
+    return 0
+
+
+def run_memory_suite(args, policies: list[str]) -> int:
+    from .toyworld.eval import evaluate_memory
+
+    if args.change_at is not None:
+        raise UsageError("--change-at belongs to the default suite; the memory suite scripts its own scenes")
+    sampling = dict(solver=args.solver, context_noise=args.context_noise, blend_chunks=args.blend_chunks)
+    if args.novelty is not None:
+        from .cache.episodic import EpisodicConfig
+
+        sampling["episodic"] = EpisodicConfig(novelty=args.novelty)
+    report = evaluate_memory(policies, parse_durations(args.seconds), args.seeds, args.out, args.heads, args.toy_weights,
+                             sampling, args.first_seed)
+    if report is None:  # a rank other than 0 under torchrun: rank 0 writes the merged report
+        return 0
+    print((Path(args.out) / "memory.md").read_text(), end="")
+    print(f"wrote {args.out}/memory.json, memory.md, memory_frames_*.png ({len(report['results'])} rows)")
     return 0
 
 
@@ -549,6 +544,30 @@ def served_hosts(bound: str, extra: list[str]) -> tuple[str, ...] | None:
     return tuple(names) + tuple(host_name(h) for h in extra)
 
 
+def serve_flags(sub) -> None:
+    srv = sub.add_parser("serve", help="a live page: the video plays as it is made, prompts change while it plays")
+    add_threads_arg(srv)
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind; any other than this machine's loopback needs a token")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--token", help="required on the page URL and the WebSocket (generated and printed off localhost)")
+    srv.add_argument("--max-sessions", type=int, default=2, help="live sessions at once (a page takes a slot when it "
+                     "starts one); a page starting past them is told the server is busy and starts when a slot frees")
+    srv.add_argument("--idle-timeout", type=float, default=600.0, metavar="SECONDS",
+                     help="end a session after this long without a control or a frame played in a visible page (default 600)")
+    srv.add_argument("--buffer-seconds", type=float, metavar="SECONDS",
+                     help="video the page may hold unplayed (default: measured, one chunk plus 1.5x what plays while one is made)")
+    srv.add_argument("--blend-chunks", type=int, default=0, help="blend the text conditioning over N chunks at a prompt switch (0: hard)")
+    srv.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                     help="a further name the Host header may give (e.g. a reverse proxy's); repeatable. By default only the "
+                     "bound address (and localhost on loopback) is answered")
+    srv.add_argument("--allow-origin", action="append", default=[], metavar="URL",
+                     help="a further origin (https://example.org) whose pages may open the live socket; repeatable. By "
+                     "default only the server's own page may")
+    add_model_args(srv)
+    add_compile_arg(srv)
+    add_parallel_arg(srv)
+
+
 def run_serve(args) -> int:
     import secrets
 
@@ -591,6 +610,12 @@ def run_serve(args) -> int:
     return 0
 
 
+def conformance_flags(sub) -> None:
+    conf = sub.add_parser("conformance", help="replay a Self-Forcing recording and compare its latents")
+    conf.add_argument("recording")
+    conf.add_argument("--tolerance", type=float, default=1e-4)
+
+
 def run_conformance(args) -> int:
     from .tools.conformance import max_abs_error
 
@@ -598,6 +623,11 @@ def run_conformance(args) -> int:
     ok = error <= args.tolerance
     print(f"max abs error {error:.3g} ({'within' if ok else 'beyond'} tolerance {args.tolerance:g})")
     return 0 if ok else 1
+
+
+def inspect_flags(sub) -> None:
+    ins = sub.add_parser("inspect", help="say what a checkpoint file or Wan folder is and whether it loads")
+    ins.add_argument("path")
 
 
 def run_inspect(args) -> int:

@@ -16,12 +16,12 @@ import numpy as np
 from tqdm import tqdm
 
 from .cache.policy import DEFAULT_RULE
-from .engine.pipeline import load, model_spec, peak_memory, pick_device, pick_dtype
+from .engine.pipeline import model_spec, peak_memory, pick_device, pick_dtype
 from .tools.estimate import check_fits
 from .engine.session import SessionOptions, check_options
 from .engine.timeline import Cue, check_timeline, latent_frames_for, schedule
 from .engine.files import check_output
-from .engine.video import Mp4Writer, check_writable, read_clip, read_image
+from .engine.video import Mp4Writer, check_writable, read_clip, read_image, write_timeline
 from . import signals
 from .errors import RunError, UsageError
 
@@ -198,10 +198,10 @@ def request_from_json(data: dict) -> Request:
     return Request(**data)
 
 
-def generate(request: Request, progress: bool = True, pipe=None) -> Summary:
-    """One video. `pipe`: an already loaded model to use (prompt sets load once per process)."""
-    work = plan(request)
-    pipe = pipe or load(request.model, **request.load_args())
+def generate(pipe, request: Request, work: Plan | None = None, progress: bool = True) -> Summary:
+    """One video on a loaded model (`load(request.model, **request.load_args())`); `work`: the request's plan
+    if it was checked before loading (`plan(request)`)."""
+    work = work or plan(request)
     if request.compile and pipe.compiled is None:
         pipe.compile(request.compile)
     for cue in work.timeline:
@@ -224,10 +224,21 @@ FIXED_BY_STATE = ("prompt", "seconds", "policy", "model", "seed", "heads", "rule
                   "checkpoint", "lora", "lora_alpha", "context_noise", "init_video", "init_image", "dtype")
 
 
-def resume(state: str, out: str | None, given: dict, progress: bool = True) -> Summary:
-    """Finish the run an interrupted `generate` saved in `state`: its first part (the mp4 it left), then the
-    rest, into `out`. `given`: flags on the command line (None: not given); one that contradicts the state
-    is refused."""
+@dataclass
+class Resumed:
+    """An interrupted run to finish: the request it continues (with this command's overrides), its state file
+    and what the state says of the run (its timeline, its first part)."""
+
+    request: Request
+    state: str
+    run: dict
+    first: Path
+
+
+def resumed(state: str, out: str | None, given: dict) -> Resumed:
+    """The run an interrupted `generate` saved in `state`, checked before anything loads: its first part (the
+    mp4 it left) then the rest go into `out`. `given`: flags on the command line (None: not given); one that
+    contradicts the state is refused."""
     from .engine.state import read_state
     from .engine.video import count_frames
 
@@ -258,55 +269,38 @@ def resume(state: str, out: str | None, given: dict, progress: bool = True) -> S
         raise UsageError(f"--crf must be 0..51, got {given['crf']}")
     overrides = {k: given[k] for k in ("device", "text_encoder_device", "crf", "compile") if given.get(k) is not None}
     # (the rank count is the resuming launch's: a state holds every head, whichever ranks saved it)
-    request = replace(saved, out=out, trace=None, parallel=given.get("parallel"), **overrides)
-    pipe = load(request.model, **request.load_args())
-    if request.compile:
-        pipe.compile(request.compile)
-    session = pipe.resume(state)
-    return stream(pipe, session, request, run["timeline"], run["latent_frames"], progress, first_part=first,
-                  clip_frames=run["clip_frames"])
+    return Resumed(replace(saved, out=out, trace=None, parallel=given.get("parallel"), **overrides), state, run, first)
+
+
+def finish(pipe, job: Resumed, progress: bool = True) -> Summary:
+    """Finish a resumed run on a loaded model: the first part copied, then the rest made."""
+    if job.request.compile and pipe.compiled is None:
+        pipe.compile(job.request.compile)
+    session = pipe.resume(job.state)
+    return stream(pipe, session, job.request, job.run["timeline"], job.run["latent_frames"], progress, first_part=job.first,
+                  clip_frames=job.run["clip_frames"])
 
 
 def stream(pipe, session, request: Request, timeline: list[dict], latent_frames: int, progress: bool,
            init: np.ndarray | None = None, first_part: Path | None = None, clip_frames: int = 0) -> Summary:
     """Step the session to `latent_frames` generated frames, switching prompts at the timeline's chunks and
     writing frames as they come. The first SIGINT/SIGTERM stops after the chunk in flight: the mp4 is closed
-    with every frame so far and the state saved beside it (`signals.Interrupted` then says how to resume)."""
+    with every frame so far and the state saved beside it (`signals.Interrupted` then says how to resume).
+    Under --parallel heads every rank steps the session; rank 0 alone decodes, writes and reports."""
     spec = pipe.spec
-    writes, leads = session.decoder.writes_video, not session.follows  # (a following rank writes nothing)
     agree = pipe.parallel.any if pipe.parallel is not None else bool  # every rank stops after the same chunk
-    num_chunks = latent_frames // spec.chunk_frames
-    cues = {cue["chunk"]: cue["prompt"] for cue in timeline[1:]}
     given_frames = session.frame - session.chunk * spec.chunk_frames  # latent frames of the clip or image
+    writes, leads = session.decoder.writes_video, not session.follows
     total = spec.video_frames(given_frames + latent_frames) if writes else latent_frames
     bar = tqdm(total=total, unit="frame", disable=not (progress and leads), desc=request.policy, dynamic_ncols=True)
     trace = open(request.trace, "w") if request.trace and leads else None
-    start, made = time.perf_counter(), 0
-    writer = None
+    start, writer, made = time.perf_counter(), None, 0
     try:
         with signals.deferred() as stop:
             writer = Mp4Writer(request.out, session.width, session.height, spec.fps, request.crf) if writes else None
             with writer or nullcontext():
-                if first_part is not None:
-                    bar.update(writer.copy(first_part) if writer is not None else 0)
-                elif init is not None:
-                    clip = session.start_from(pipe.encode_frames(init))
-                    if writer is not None:
-                        writer.write(clip[0].numpy())
-                        clip_frames = writer.frames
-                        bar.update(clip_frames)
-                while session.chunk < num_chunks and not agree(bool(stop)):
-                    index = session.chunk
-                    if index in cues:
-                        session.set_prompt(cues[index])
-                    chunk = session.step()
-                    if writer is not None:
-                        writer.write(chunk.frames[0].numpy())
-                    count = chunk.frames.shape[1] if writer is not None else chunk.latents.shape[1]
-                    made += count
-                    bar.update(count)
-                    if trace:
-                        trace.writelines(line + "\n" for line in trace_lines(session, index, session.decisions))
+                clip_frames = begin(pipe, session, writer, bar, init, first_part, clip_frames)
+                made = make_chunks(session, timeline, latent_frames // spec.chunk_frames, writer, bar, trace, lambda: agree(bool(stop)))
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             raise RunError(f"the disk is full ({e.strerror}) after {writer.frames if writer else 0} frames of {request.out}: "
@@ -317,47 +311,73 @@ def stream(pipe, session, request: Request, timeline: list[dict], latent_frames:
         if trace:
             trace.close()
     seconds = time.perf_counter() - start
-    halted = agree(bool(stop))
-    if halted and request.out is not None:
-        state = str(Path(request.out).with_suffix(".state.safetensors"))
-        if not leads:  # this rank's heads go into the state the leading rank writes, which says how to resume
-            session.save(state)
-            raise signals.Interrupted(stop.signum or signal.SIGINT, "interrupted (the leading rank saved the state)")
-        run = dict(request=request_json(request), timeline=timeline, latent_frames=latent_frames, video=str(Path(request.out).resolve()),
-                   frames=writer.frames, clip_frames=clip_frames, video_sha256=file_sha256(request.out))
-        try:
-            session.save(state, run=run)
-        except Exception as e:  # a full disk, a file-size limit: the mp4 stays, the state is not written
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
-            raise signals.Interrupted(stop.signum, f"interrupted: {request.out} holds the {writer.frames} frames made "
-                                      f"so far; the state to resume from could not be written ({reason})") from None
-        raise signals.Interrupted(stop.signum, f"interrupted: {request.out} holds the {writer.frames} frames made so far; "
-                                  f"resume with: headforcing generate --resume {state} --out FULL.mp4")
-    if halted:
-        raise signals.Interrupted(stop.signum or signal.SIGINT, f"interrupted after {session.chunk} chunks (nothing was being written)")
+    if agree(bool(stop)):
+        interrupted(session, request, writer, dict(timeline=timeline, latent_frames=latent_frames, clip_frames=clip_frames), stop.signum)
     shifted = [dict(c, start_frame=c["start_frame"] + clip_frames, start_seconds=(c["start_frame"] + clip_frames) / spec.fps)
                for c in timeline]
-    sidecar = Path(request.out).with_suffix(".timeline.json") if request.out is not None and leads else None
-    if sidecar is not None and len(shifted) > 1:
-        sidecar.write_text(json.dumps(shifted, indent=1))
-    elif sidecar is not None and sidecar.exists():
-        sidecar.unlink()  # a previous run's timeline does not describe this video
-    stale = Path(request.out).with_suffix(".state.safetensors") if request.out is not None and leads else None
-    if stale is not None and stale.exists():
-        stale.unlink()  # an earlier interrupted run's state: its first part was this file, now replaced
-    frames = writer.frames if writer is not None else session.frame
+    if request.out is not None and leads:
+        write_timeline(request.out, shifted)
+        Path(request.out).with_suffix(".state.safetensors").unlink(missing_ok=True)  # an earlier interrupted run's
     return Summary(
-        model=spec.name,
-        frames=frames,
-        latent_frames=session.frame,
+        model=spec.name, frames=writer.frames if writer is not None else session.frame, latent_frames=session.frame,
         duration_s=(writer.frames if writer is not None else spec.video_frames(session.frame)) / spec.fps,
-        seconds=seconds,
-        fps=made / seconds,
-        peak_memory_bytes=peak_memory(pipe.device),
-        cache_bytes=session.cache.nbytes(),
-        timeline=shifted,
-        compile=session.stats()["compile"],
-        given=clip_frames if writer is not None else 0,
-        parallel=session.stats()["parallel"],
-        leads=leads,
+        seconds=seconds, fps=made / seconds, peak_memory_bytes=peak_memory(pipe.device), cache_bytes=session.cache.nbytes(),
+        timeline=shifted, compile=session.stats()["compile"], given=clip_frames if writer is not None else 0,
+        parallel=session.stats()["parallel"], leads=leads,
     )
+
+
+def begin(pipe, session, writer, bar, init, first_part, clip_frames: int) -> int:
+    """The video's start: a resumed run's first part copied, or a clip (or image) committed and written; the
+    frames of the video that were given (not made)."""
+    if first_part is not None:
+        bar.update(writer.copy(first_part) if writer is not None else 0)
+    elif init is not None:
+        clip = session.start_from(pipe.encode_frames(init))
+        if writer is not None:
+            writer.write(clip[0].numpy())
+            clip_frames = writer.frames
+            bar.update(clip_frames)
+    return clip_frames
+
+
+def make_chunks(session, timeline: list[dict], num_chunks: int, writer, bar, trace, stopping) -> int:
+    """Chunks until `num_chunks` or until `stopping()` says a signal came (checked between chunks); the frames
+    made (video frames when writing, latent frames otherwise)."""
+    cues = {cue["chunk"]: cue["prompt"] for cue in timeline[1:]}
+    made = 0
+    while session.chunk < num_chunks and not stopping():
+        index = session.chunk
+        if index in cues:
+            session.set_prompt(cues[index])
+        chunk = session.step()
+        if writer is not None:
+            writer.write(chunk.frames[0].numpy())
+        count = chunk.frames.shape[1] if writer is not None else chunk.latents.shape[1]
+        made += count
+        bar.update(count)
+        if trace:
+            trace.writelines(line + "\n" for line in trace_lines(session, index, session.decisions))
+    return made
+
+
+def interrupted(session, request: Request, writer, run: dict, signum: int | None) -> None:
+    """After a signal: the state saved beside the mp4 (a following rank gives its heads to it), and the one
+    line that says how to resume, raised as `signals.Interrupted`."""
+    signum = signum or signal.SIGINT  # (a rank told to stop by another saw no signal itself)
+    if request.out is None:
+        raise signals.Interrupted(signum, f"interrupted after {session.chunk} chunks (nothing was being written)")
+    state = str(Path(request.out).with_suffix(".state.safetensors"))
+    if session.follows:
+        session.save(state)
+        raise signals.Interrupted(signum, "interrupted (the leading rank saved the state)")
+    run = dict(run, request=request_json(request), video=str(Path(request.out).resolve()), frames=writer.frames,
+               video_sha256=file_sha256(request.out))
+    try:
+        session.save(state, run=run)
+    except Exception as e:  # a full disk, a file-size limit: the mp4 stays, the state is not written
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise signals.Interrupted(signum, f"interrupted: {request.out} holds the {writer.frames} frames made "
+                                  f"so far; the state to resume from could not be written ({reason})") from None
+    raise signals.Interrupted(signum, f"interrupted: {request.out} holds the {writer.frames} frames made so far; "
+                              f"resume with: headforcing generate --resume {state} --out FULL.mp4")

@@ -65,6 +65,19 @@ class Mp4Writer:
         return False
 
 
+def write_timeline(video: str | Path, entries: list[dict], always: bool = False) -> Path | None:
+    """A video's timeline side file, VIDEO.timeline.json (which prompt from which frame): written when the
+    timeline holds a switch (or `always`); otherwise one left by an earlier video of that name is removed."""
+    import json
+
+    sidecar = Path(video).with_suffix(".timeline.json")
+    if always or len(entries) > 1:
+        sidecar.write_text(json.dumps(entries, indent=1))
+        return sidecar
+    sidecar.unlink(missing_ok=True)
+    return None
+
+
 def count_frames(path: str | Path) -> int:
     with av.open(str(path)) as container:
         return sum(1 for _ in container.decode(video=0))

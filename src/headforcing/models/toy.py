@@ -33,6 +33,19 @@ WORDS = ["a", "and", ",", "bounce", "bounces", "on", "background", *PALETTE, *SH
 ALIASES = {"an": "a"}  # read as the grammar's word ("an orange circle")
 VOCAB = ["<pad>", "<unk>", *WORDS]
 
+# The prompts `profile` runs on the toy model: the captions of toyworld's scenes 0-7 (a test checks they still
+# are), written out so that profiling needs no toy world.
+PROFILE_PROMPTS = (
+    "a green triangle and a yellow circle bounce on a white background",
+    "a black circle and a orange triangle bounce on a yellow background",
+    "a red circle bounces on a white background",
+    "a green circle bounces on a white background",
+    "a purple triangle, a yellow circle and a black square bounce on a orange background",
+    "a red square, a yellow triangle and a purple circle bounce on a orange background",
+    "a purple square and a blue circle bounce on a yellow background",
+    "a purple triangle and a white square bounce on a black background",
+)
+
 WEIGHTS = "toy.safetensors"  # in headforcing/weights/, with toy.json (how it was trained)
 PACKAGED = {"memory": "toy-memory.safetensors"}  # --toy-weights memory: the fine-tune that copies unsaid colours
 

@@ -7,7 +7,6 @@ routed to one cache at a time); everything here is called from that thread excep
 from __future__ import annotations
 
 import base64
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..engine.video import Mp4Writer
+from ..engine.video import Mp4Writer, write_timeline
 
 
 def data_url(frame: np.ndarray) -> str:
@@ -75,8 +74,7 @@ class Live:
         done.__exit__(None, None, None)
         video = done.path.with_name(f"video-{self.saves}.mp4")
         done.path.rename(video)
-        sidecar = video.with_suffix(".timeline.json")
-        sidecar.write_text(json.dumps(self.timeline(), indent=1))
+        sidecar = write_timeline(video, self.timeline(), always=True)
         self.writer = Mp4Writer(done.path, self.session.width, self.session.height, self.pipe.spec.fps)
         self.writer.copy(video)
         return video, sidecar

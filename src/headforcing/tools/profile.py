@@ -22,10 +22,9 @@ DEFAULT_PROMPTS = (
 def read_prompts(path: str | None, model: str = "wan2.1-1.3b") -> list[str]:
     """A file's prompts; by default a few scenes (for the toy model: captions of its world)."""
     if path is None and model == "toy":
-        from ..models.specs import TOY
-        from ..toyworld.world import make_world
+        from ..models.toy import PROFILE_PROMPTS
 
-        return [make_world(seed, TOY.size[0]).caption() for seed in range(8)]
+        return list(PROFILE_PROMPTS)
     if path is None:
         return list(DEFAULT_PROMPTS)
     prompts = [line.strip() for line in read_text(path, "prompts").splitlines() if line.strip()]

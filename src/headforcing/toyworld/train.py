@@ -193,17 +193,10 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     threads.fit(TOY.name, device)
-    size = TOY.size[0]
-    first, before = 1, {}
-    if resume is None:
-        model, words = build_transformer(TOY, seed), build_word_encoder()
-    else:
-        model, words = load_toy(resume)
-        before = checkpoint_info(resume)
-        first = before["steps"] + 1
+    model, words, first, before = starting_weights(seed, resume)
     model = model.train().requires_grad_(True).to(device)
     words = words.train().requires_grad_(True).to(device)
-    tokens = (size // 4) ** 2
+    tokens = (TOY.size[0] // 4) ** 2
     holder = for_training(model, TOY.chunk_frames * tokens)
     params = list(model.parameters()) + list(words.parameters())
     if trainable == "text":
@@ -214,19 +207,10 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     start, losses = time.perf_counter(), []
+    data = dict(batch=batch, seed=seed, memory_share=memory_share, return_share=return_share, context_jitter=context_jitter,
+                context_timestep=context_timestep, own_context=own_context, device=device)
     for step in range(first, steps + 1):
-        x0, sigma, (ids, lengths), text_mask = make_batch(step, batch, seed, words, size, device, memory_share, return_share)
-        holder["cross"] = text_mask
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        eps = torch.randn(x0.shape, generator=gen).to(device)  # drawn on the CPU: the same noise on any device
-        jitter = (torch.rand(batch, 1, generator=gen) * context_jitter).to(device) if context_jitter else 0.0
-        xt, told, noisy = noised(x0, eps, sigma, jitter, context_timestep)
-        context = words(ids, lengths)  # [3B, L, D], slot-major
-        context = torch.cat(context.split(batch), dim=1)  # [B, 3L, D]
-        timestep = told.repeat_interleave(TOY.chunk_frames * tokens, dim=1)  # [B, 7] -> [B, S]
-        v = model(hidden_states=xt.permute(0, 2, 1, 3, 4), timestep=timestep, encoder_hidden_states=context,
-                  return_dict=False)[0].permute(0, 2, 1, 3, 4)
-        loss = (((v - (eps - x0)) ** 2) * noisy).sum() / (noisy.sum() * x0[0, 0].numel())
+        loss = flow_loss(model, words, holder, step, **data)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -250,6 +234,35 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
                 machine=f"{platform.machine()} {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}, device {device}",
                 torch=torch.__version__, config=TOY.transformer, text_len=TOY.text_len))
     return out_dir / f"step{steps:06d}.safetensors"
+
+
+def starting_weights(seed: int, resume: str | None):
+    """(model, word encoder, first step, the resumed checkpoint's info): fresh from `seed`, or a checkpoint's."""
+    if resume is None:
+        return build_transformer(TOY, seed), build_word_encoder(), 1, {}
+    model, words = load_toy(resume)
+    before = checkpoint_info(resume)
+    return model, words, before["steps"] + 1, before
+
+
+def flow_loss(model, words, holder, step: int, batch: int, seed: int, memory_share: float, return_share: float,
+              context_jitter: float, context_timestep: float, own_context: float, device: str) -> torch.Tensor:
+    """The flow-matching loss of step `step`'s batch (its clips, noise and context all drawn from seed and step)."""
+    tokens = (TOY.size[0] // 4) ** 2
+    x0, sigma, (ids, lengths), text_mask = make_batch(step, batch, seed, words, TOY.size[0], device, memory_share, return_share)
+    holder["cross"] = text_mask
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    context = words(ids, lengths)  # [3B, L, D], slot-major
+    context = torch.cat(context.split(batch), dim=1)  # [B, 3L, D]
+    if own_context:  # the clean context of a share of the clips becomes the model's own drawing of it
+        x0 = own_drawing(model, x0, sigma, context.detach(), gen, own_context, tokens)
+    eps = torch.randn(x0.shape, generator=gen).to(device)  # drawn on the CPU: the same noise on any device
+    jitter = (torch.rand(batch, 1, generator=gen) * context_jitter).to(device) if context_jitter else 0.0
+    xt, told, noisy = noised(x0, eps, sigma, jitter, context_timestep)
+    timestep = told.repeat_interleave(TOY.chunk_frames * tokens, dim=1)  # [B, 7] -> [B, S]
+    v = model(hidden_states=xt.permute(0, 2, 1, 3, 4), timestep=timestep, encoder_hidden_states=context,
+              return_dict=False)[0].permute(0, 2, 1, 3, 4)
+    return (((v - (eps - x0)) ** 2) * noisy).sum() / (noisy.sum() * x0[0, 0].numel())
 
 
 def save_checkpoint(path: Path, model, words, params, ema, info: dict) -> None:
