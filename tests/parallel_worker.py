@@ -47,7 +47,7 @@ def everyone(value):
 
 def main(out_path: str, state_dir: str) -> None:
     results = {}
-    for model, chunks in (("toy", 12), ("tiny", 10)):
+    for model, chunks in (("toy", 10), ("tiny", 9)):  # (27-30 frames: past the window, episodic decisions made)
         one, par = load(model), load(model, parallel="heads")
         rows = {}
         for policy, heads in [(p, None) for p in PRESETS] + [("headforcing", "auto")]:

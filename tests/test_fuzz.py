@@ -168,3 +168,27 @@ def test_an_endless_file_is_refused_unread():
 
     with pytest.raises(UsageError, match="larger than 16 MiB"):
         read_text("/dev/zero", "timeline")
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height (RGB) but holds one row of pixel data: what a file's header says is
+    all a size check may trust before decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = zlib.compress(b"\x00" + b"\x80" * 3 * min(width, 64))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", row) + chunk(b"IEND", b""))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(1, 70_000), st.integers(1, 70_000))
+def test_image_sizes_from_the_header_are_checked_before_decoding(tmp_path, width, height):
+    """An --init-image of any declared size (up to 70,000 x 70,000: a decompression bomb) is planned or refused
+    in one line, never a MemoryError, a PIL error or a traceback."""
+    path = tmp_path / "start.png"
+    path.write_bytes(png_header(width, height))
+    accepted_or_usage_error(plan, Request(prompt="a red circle", seconds=1.0, init_image=str(path), latent_frames=3))

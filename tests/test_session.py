@@ -39,7 +39,9 @@ import json, sys
 import torch
 from safetensors.torch import save_file
 import headforcing
+from headforcing import threads
 from test_session import PROMPTS, run
+threads.use(1)  # as the parent: the machine's load must not choose another count (other float rounding)
 jobs = json.loads(sys.argv[1])
 pipe = headforcing.load(jobs["model"])
 for job in jobs["runs"]:
@@ -52,10 +54,23 @@ for job in jobs["runs"]:
 
 
 @pytest.mark.parametrize("model", ["toy", "tiny"])
-def test_resume_in_a_new_process_equals_the_uninterrupted_run(model, tmp_path):
+def test_resume_in_a_new_process_equals_the_uninterrupted_run(model, tmp_path, monkeypatch):
     """For every preset (and heads="auto", saved after and during its profiling window), with a prompt switch
     before and after the save point: run k chunks, save, resume in a new Python process, run the rest —
-    latents and decoded frames equal those of the run never interrupted."""
+    latents and decoded frames equal those of the run never interrupted. Both processes run one thread: a
+    count chosen from the machine's load could differ between them (and so would the VAE's float rounding)."""
+    from headforcing import threads as headforcing_threads
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(headforcing_threads, "_chosen", 1)  # as `--threads 1`: no session looks at the load again
+    torch.set_num_threads(1)
+    try:
+        check_resumed_runs(model, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def check_resumed_runs(model, tmp_path):
     pipe = headforcing.load(model)
     expected, jobs = {}, []
     for n, (policy, heads, chunks, save_at, switches) in enumerate(CASES):

@@ -7,7 +7,9 @@ here, and a run takes the smaller of that and the cores that other processes lea
 /proc/stat: the machine's busy time less this process's own, over the last interval; at load a 0.1 s look).
 Sessions look again when they open. A shape not measured keeps torch's default. What the user sets always
 wins: `--threads N`, OMP_NUM_THREADS (torchrun sets it to 1 for ranks that share a machine), or
-`torch.set_num_threads` called after importing headforcing.
+`torch.set_num_threads` called after importing headforcing. Seeded training (`toyworld train`) takes the
+recorded count whatever the load (`pin`): another count rounds floats otherwise, and a seeded run must give
+the same weights every time.
 """
 
 from __future__ import annotations
@@ -79,6 +81,17 @@ def fit(model: str, device: torch.device | str = "cpu", wait: float = 0.1) -> in
     torch.set_num_threads(n)
     _at_import, _fitted = n, model  # ours, not the user's: a later look may change it
     return n
+
+
+def pin(model: str) -> int:
+    """For work that must give the same numbers every run (seeded training): the model's recorded count, not
+    capped by the machine's load (a thread count changes float rounding), unless the user chose."""
+    global _at_import, _fitted
+    if user_set() or model not in RECORDED:
+        return torch.get_num_threads()
+    torch.set_num_threads(RECORDED[model])
+    _at_import, _fitted = RECORDED[model], None  # (sessions do not look again)
+    return RECORDED[model]
 
 
 def refit() -> int:

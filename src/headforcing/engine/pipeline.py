@@ -6,6 +6,7 @@ sessions (`session.py`) are cheap to open and to throw away, and many of them sh
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import resource
@@ -212,6 +213,13 @@ def load(model: str = "toy", *, wan_dir: str | None = None, checkpoint: str | No
     return pipe
 
 
+def leave_ranks() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def join_ranks(device: str | None) -> str | None:
     """Join this torchrun launch's process group (NCCL on GPUs, gloo on CPUs): the device this rank runs on."""
     import torch.distributed as dist
@@ -224,6 +232,7 @@ def join_ranks(device: str | None) -> str | None:
     cuda = torch.cuda.is_available() and device in (None, "cuda")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
+        atexit.register(leave_ranks)  # a group left alive at exit can abort the process (its threads still running)
     if cuda:
         torch.cuda.set_device(local)
         return f"cuda:{local}"

@@ -192,7 +192,8 @@ def train(out: str, steps: int, batch: int = 8, seed: int = 0, lr: float = 1e-3,
     context is the model's own drawing of it (`own_drawing`), so that copying from what it draws is learned."""
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
-    threads.fit(TOY.name, device)
+    if torch.device(device).type == "cpu":
+        threads.pin(TOY.name)  # seeded: the same numbers whatever the machine's load
     model, words, first, before = starting_weights(seed, resume)
     model = model.train().requires_grad_(True).to(device)
     words = words.train().requires_grad_(True).to(device)
