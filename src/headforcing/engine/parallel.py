@@ -112,10 +112,11 @@ class HeadParallel:
             raise UsageError(f"--parallel heads over {self.size} ranks needs tokens per frame divisible by {self.size}; "
                              f"this size gives {tokens_per_frame}")
 
-    def split(self, policy, headmap, window: int, chunk: int, balanced: bool = True) -> HeadSplit:
+    def split(self, policy, headmap, window: int, chunk: int, balanced: bool = True, device=None) -> HeadSplit:
+        """Which heads this rank attends for in each layer of a cache (the permutations kept on `device`)."""
         costs = head_costs(policy, headmap, window, chunk)
         owned = assign(costs, self.size, balanced)
-        order = [torch.tensor([h for heads in layer for h in heads]) for layer in owned]
+        order = [torch.tensor([h for heads in layer for h in heads], device=device) for layer in owned]
         return HeadSplit(self, [layer[self.rank] for layer in owned], order, [o.argsort() for o in order], imbalance(costs, owned))
 
     # ---- tokens: split before the first block, gathered after the last ----------------------------------
@@ -137,7 +138,7 @@ class HeadParallel:
     def to_heads(self, qkv: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         """[3, B, S/P, H, D] (my tokens, every head) -> [3, B, H/P, S, D] (every token, my heads)."""
         P = self.size
-        x = qkv.index_select(3, order.to(qkv.device)).unflatten(3, (P, -1))  # [3, B, S/P, P, H/P, D]
+        x = qkv.index_select(3, order).unflatten(3, (P, -1))  # [3, B, S/P, P, H/P, D]
         x = x.permute(3, 0, 1, 2, 4, 5).contiguous()  # [P (whose heads), 3, B, S/P, H/P, D]
         self._count(x, (P - 1) / P)
         y = fc.all_to_all_single(x, None, None, self.group)  # [P (whose tokens), 3, B, S/P, H/P, D]
@@ -152,7 +153,7 @@ class HeadParallel:
         self._count(y, (P - 1) / P)
         z = fc.all_to_all_single(y, None, None, self.group)  # [P (whose heads), B, S/P, H/P, D]
         z = z.permute(1, 2, 0, 3, 4).flatten(2, 3)  # [B, S/P, H (rank by rank), D]
-        return z.index_select(2, inverse.to(z.device))
+        return z.index_select(2, inverse)
 
     def _count(self, t: torch.Tensor, share: float) -> None:
         if not torch.compiler.is_compiling():

@@ -158,7 +158,8 @@ class Session:
         headmap = headmap or policy.resolve_headmap(spec.num_layers, spec.num_heads)
         split = None
         if self.pipe.parallel is not None:  # role-balanced, except while roles are unknown (heads="auto")
-            split = self.pipe.parallel.split(policy, headmap, spec.trained_frames, spec.chunk_frames, self.options.heads != "auto")
+            split = self.pipe.parallel.split(policy, headmap, spec.trained_frames, spec.chunk_frames, self.options.heads != "auto",
+                                             self.pipe.device)
         cache = HeadwiseCache(policy, headmap, spec.head_dim, spec.trained_frames, spec.chunk_frames, self.episodic, split=split)
         self.sampler.cache = cache
         return cache
