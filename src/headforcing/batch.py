@@ -210,6 +210,5 @@ def make(pipe, template, entry: Entry, policy: str, path: Path, generate) -> dic
         return dict(status="failed", error=str(e), prompt=prompt, seed=seed)
     except Exception as e:  # noqa: BLE001 — a failed entry is recorded and the others go on
         return dict(status="failed", error=f"{type(e).__name__}: {e}", prompt=prompt, seed=seed)
-    Path(path).with_suffix(".state.safetensors").unlink(missing_ok=True)  # left by an interrupted earlier run
     return dict(status="done", prompt=prompt, seed=seed, file=str(path), frames=summary.frames,
                 seconds_taken=round(time.perf_counter() - start, 3), fps=summary.fps)

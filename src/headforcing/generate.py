@@ -317,7 +317,7 @@ def stream(pipe, session, request: Request, timeline: list[dict], latent_frames:
                for c in timeline]
     if request.out is not None and leads:
         write_timeline(request.out, shifted)
-        Path(request.out).with_suffix(".state.safetensors").unlink(missing_ok=True)  # an earlier interrupted run's
+        state_path(request.out).unlink(missing_ok=True)  # an earlier interrupted run's: its first part is replaced
     return Summary(
         model=spec.name, frames=writer.frames if writer is not None else session.frame, latent_frames=session.frame,
         duration_s=(writer.frames if writer is not None else spec.video_frames(session.frame)) / spec.fps,
@@ -325,6 +325,11 @@ def stream(pipe, session, request: Request, timeline: list[dict], latent_frames:
         timeline=shifted, compile=session.stats()["compile"], given=clip_frames if writer is not None else 0,
         parallel=session.stats()["parallel"], leads=leads,
     )
+
+
+def state_path(video: str) -> Path:
+    """Where an interrupted run's state goes: beside its mp4 (out.mp4 -> out.state.safetensors)."""
+    return Path(video).with_suffix(".state.safetensors")
 
 
 def begin(pipe, session, writer, bar, init, first_part, clip_frames: int) -> int:
@@ -367,7 +372,7 @@ def interrupted(session, request: Request, writer, run: dict, signum: int | None
     signum = signum or signal.SIGINT  # (a rank told to stop by another saw no signal itself)
     if request.out is None:
         raise signals.Interrupted(signum, f"interrupted after {session.chunk} chunks (nothing was being written)")
-    state = str(Path(request.out).with_suffix(".state.safetensors"))
+    state = str(state_path(request.out))
     if session.follows:
         session.save(state)
         raise signals.Interrupted(signum, "interrupted (the leading rank saved the state)")

@@ -77,7 +77,7 @@ class HeadwiseCache:
                     continue
                 memory = None
                 if role.episodic and episodic:
-                    memory = EpisodicMemory(role.episodic, episodic, self.episodic_log, len(group), split.reduce if split else None)
+                    memory = EpisodicMemory(role.episodic, episodic, self.episodic_log, len(group), split.comm.reduce if split else None)
                 stores.append(KVStore(role, [owned.index(h) for h in mine], window_frames, chunk_frames, layer, name, memory, mine))
             self.layers.append(LayerCache(self, stores))
 

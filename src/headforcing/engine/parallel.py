@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as fc
 
+from ..cache.store import SHARED, part
 from ..errors import UsageError
 
 
@@ -74,10 +75,6 @@ class HeadSplit:
     order: list[torch.Tensor]
     inverse: list[torch.Tensor]
     imbalance: float
-
-    def reduce(self, t: torch.Tensor) -> torch.Tensor:
-        """The sum of `t` over every rank (an episodic decision's per-rank partial sums)."""
-        return self.comm.reduce(t)
 
 
 def sent_per_chunk(spec, tokens_per_frame: int, ranks: int, forwards: int, element_bytes: int) -> float:
@@ -177,8 +174,6 @@ class HeadParallel:
 def gather_states(stores, states: list[tuple[dict, dict]], roles: list[str]) -> list[tuple[dict, dict]]:
     """Every rank's stores' (meta, tensors) -> the whole model's, in one process's store order (layer, then
     the policy's `roles` order) and head numbering. Every rank calls it; each gets the result."""
-    from ..cache.store import SHARED
-
     mine = [(s.layer, s.name, s.model_heads, meta, {k: t.detach().cpu() for k, t in parts.items()})
             for s, (meta, parts) in zip(stores, states)]
     everyone = [None] * dist.get_world_size()
@@ -202,8 +197,6 @@ def gather_states(stores, states: list[tuple[dict, dict]], roles: list[str]) -> 
 
 def share_states(stores, saved: list[dict], tensors: dict) -> list[tuple[dict, dict]] | str:
     """A saved state's stores (the whole model's) -> this rank's stores' (meta, tensors), or what is wrong."""
-    from ..cache.store import SHARED, part
-
     index = {(m.get("layer"), m.get("role")): i for i, m in enumerate(saved) if isinstance(m, dict)}
     out = []
     for store in stores:

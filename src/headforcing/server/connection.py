@@ -99,7 +99,7 @@ class Hub:
 
     def _call(self, fn, args):
         """On the model thread: a session call is first announced to the other ranks (serve --parallel heads)."""
-        if self.beat is not None and isinstance(getattr(fn, "__self__", None), Live) and fn.__name__ in CALLS:
+        if self.pipe.parallel is not None and isinstance(getattr(fn, "__self__", None), Live) and fn.__name__ in CALLS:
             announce(fn.__self__.sid, fn.__name__, args)
         return fn(*args)
 
