@@ -12,7 +12,10 @@ from headforcing.engine.sampler import ChunkSampler, SeededNoise
 
 from headforcing import threads  # noqa: E402
 
-threads.fit("tiny", "cpu")  # the tests' models are small: 2 threads, or 1 when another process holds a core
+# the tests' models are small: 2 threads, or 1 when another process holds a core; chosen once and kept (as
+# `--threads N` is), so that two sessions of one test never run with different counts, whose float rounding
+# differs (sessions otherwise look at the machine's load again when they open; test_threads.py tests that)
+threads.use(threads.fit("tiny", "cpu"))
 diffusers_logging.set_verbosity_error()  # the oracle casts the whole tiny model to float64 on purpose
 
 ROOT = Path(__file__).resolve().parents[1]
