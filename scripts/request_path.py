@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from headforcing import cli
-from headforcing.engine import video
+from headforcing.utils import video
 
 PACKAGE = "headforcing"
 DEPTH = 2  # cli -> the run -> what it calls

@@ -1,4 +1,4 @@
-"""CPU thread counts, idle and with one core busy: the table behind `headforcing.threads.RECORDED`.
+"""CPU thread counts, idle and with one core busy: the table behind `headforcing.utils.threads.RECORDED`.
 
 For each model and thread setting (the default, then --threads 1, 2, ... up to the cores), `headforcing
 generate` runs in a fresh process, first on an idle machine, then with a child process spinning on one core
@@ -69,7 +69,7 @@ def main() -> None:
             for s in settings:
                 rows.append(dict(model=model, load=load, threads="default" if s is None else s, fps=runs[s]))
                 print(f"{model:5s} {load:14s} threads {rows[-1]['threads']!s:8s} FPS {', '.join(f'{f:.1f}' for f in runs[s])}", flush=True)
-    from headforcing.threads import RECORDED
+    from headforcing.utils.threads import RECORDED
 
     report = dict(command="python " + " ".join(sys.argv), date=time.strftime("%Y-%m-%d"), cores=cores,
                   machine=f"{platform.machine()} {platform.processor() or ''}".strip(), recorded=RECORDED, rows=rows)

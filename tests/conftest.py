@@ -10,7 +10,7 @@ from headforcing.cache.headwise import HeadwiseCache
 from headforcing.models.specs import TINY, build_transformer
 from headforcing.engine.sampler import ChunkSampler, SeededNoise
 
-from headforcing import threads  # noqa: E402
+from headforcing.utils import threads
 
 # the tests' models are small: 2 threads, or 1 when another process holds a core; chosen once and kept (as
 # `--threads N` is), so that two sessions of one test never run with different counts, whose float rounding

@@ -10,7 +10,7 @@ import torch
 from headforcing.cli import main
 from headforcing.models.specs import WAN_1_3B
 from headforcing.engine.timeline import latent_frames_for
-from headforcing.engine.video import count_frames
+from headforcing.utils.video import count_frames
 
 
 def run_cli(*args):
@@ -147,7 +147,7 @@ def test_set_prompt_between_chunks_equals_a_timeline(tmp_path):
     session stepped by hand with the switch at the planned chunk (and differ from one without it)."""
     import headforcing
     from headforcing.engine.timeline import Cue
-    from headforcing.generate import Request, plan
+    from headforcing.runs.generate import Request, plan
 
     work = plan(Request(model="tiny", prompt=[Cue(0, "a red ball"), Cue(1.0, "a blue cube")], seconds=4, latent_frames=12))
     applied = work.timeline[1]["chunk"]

@@ -125,7 +125,7 @@ def test_generate_compile_flag_makes_the_eager_video(tmp_path, capsys):
     """`generate --compile`: the summary counts compiled chunks and recompiles, and the (lossless) video equals
     the eager one within 1 level."""
     from headforcing.cli import main
-    from headforcing.engine.video import read_clip
+    from headforcing.utils.video import read_clip
 
     args = ["generate", "--prompt", PROMPTS[0], "--seconds", "8", "--policy", "longlive", "--crf", "0", "--quiet"]
     assert main(args + ["--out", str(tmp_path / "eager.mp4")]) == 0

@@ -5,7 +5,7 @@ import torch
 
 from headforcing.engine.decode import StreamingVaeDecoder
 from headforcing.models.specs import TINY, build_vae
-from headforcing.engine.video import Mp4Writer, count_frames
+from headforcing.utils.video import Mp4Writer, count_frames
 
 
 def test_streaming_decode_equals_full_decode():

@@ -18,7 +18,7 @@ from headforcing.evaluation.learned import (
     load_embedders,
     split_clips,
 )
-from headforcing.engine.video import Mp4Writer
+from headforcing.utils.video import Mp4Writer
 
 H, W, FPS = 64, 96, 16
 

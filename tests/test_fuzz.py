@@ -17,7 +17,7 @@ from headforcing.cli import build_parser
 from headforcing.engine.timeline import Cue, parse_prompt_arg, read_timeline
 from headforcing.errors import UsageError
 from headforcing.evaluation.report import parse_seconds
-from headforcing.generate import Request, plan
+from headforcing.runs.generate import Request, plan
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
@@ -134,8 +134,8 @@ def nested(depth: int) -> str:
 def test_json_files_of_any_depth_and_type(tmp_path, depth, value):
     """Deep nesting and wrong types: a timeline, a HeadMap, statistics and a prompt list each refuse in one line
     (a RecursionError, a coerced prompt or a bool start time would be a bug)."""
-    from headforcing.batch import read_entries
-    from headforcing.engine.files import read_json
+    from headforcing.runs.prompt_sets import read_entries
+    from headforcing.utils.files import read_json
 
     for text in (nested(depth), json.dumps(value), json.dumps({"start": value, "prompt": "a red circle"}),
                  json.dumps({"start": 0, "prompt": value})):
@@ -164,7 +164,7 @@ def test_timeline_values_are_typed_not_coerced(tmp_path, line, message):
 
 
 def test_an_endless_file_is_refused_unread():
-    from headforcing.engine.files import read_text
+    from headforcing.utils.files import read_text
 
     with pytest.raises(UsageError, match="larger than 16 MiB"):
         read_text("/dev/zero", "timeline")

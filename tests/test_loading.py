@@ -17,7 +17,7 @@ from headforcing.models.loading import (
 )
 from headforcing.models.specs import WAN_1_3B
 from headforcing.models.text import WanTextEncoder
-from headforcing.engine.video import count_frames
+from headforcing.utils.video import count_frames
 from headforcing.models.checkpoint import merge_lora, strip_prefix
 
 

@@ -119,7 +119,7 @@ def test_parallel_without_ranks_or_with_a_prompt_set_is_one_line_and_exit_2(tmp_
 
 RELAYED_SIGNAL = """
 import os, signal
-from headforcing import signals
+from headforcing.utils import signals
 signals.install()
 try:
     with signals.deferred() as stop:

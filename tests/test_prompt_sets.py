@@ -7,7 +7,7 @@ import sys
 import av
 import numpy as np
 
-from headforcing.batch import entry_seed, read_entries
+from headforcing.runs.prompt_sets import entry_seed, read_entries
 from headforcing.cli import main
 
 PROMPTS = [f"a {c} circle bounces on a {b} background" for c, b in

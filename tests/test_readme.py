@@ -49,6 +49,6 @@ def test_readme_python_blocks_run(index, tmp_path):
                           timeout=1200)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "chunks" in done.stdout and (tmp_path / "s.state.safetensors").exists()
-    from headforcing.engine.video import count_frames
+    from headforcing.utils.video import count_frames
 
     assert count_frames(tmp_path / "s.mp4") == 120  # 40 chunks of 3 frames

@@ -144,7 +144,7 @@ def test_a_state_names_its_first_part_by_content_and_its_metadata_by_checksum(tm
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from headforcing.engine.video import Mp4Writer
+    from headforcing.utils.video import Mp4Writer
 
     run = Run([*RUN, "--out", "part.mp4"], tmp_path)
     run.wait_for(6)
@@ -247,7 +247,7 @@ def test_bad_input_is_one_line_exit_2_and_no_file(extra, message, tmp_path, caps
     (tmp_path / "random.bin").write_bytes(os.urandom(300))
     (tmp_path / "binary.bin").write_bytes(b"\xff\xfe\x00\x81" * 50)
     if "CLIP16" in extra:
-        from headforcing.engine.video import Mp4Writer
+        from headforcing.utils.video import Mp4Writer
 
         with Mp4Writer(tmp_path / "clip16.mp4", 32, 32, 16) as w:
             w.write(np.zeros((9, 32, 32, 3), np.uint8))
@@ -347,7 +347,7 @@ def test_a_run_that_cannot_fit_is_refused_naming_a_size_that_would(tmp_path, cap
 TWO_SIGNALS_IN_ONE_OPERATION = """
 import os, signal, sys, threading, time
 import torch
-from headforcing import signals
+from headforcing.utils import signals
 signals.install()
 a = torch.randn(3000, 3000)
 started = threading.Event()
@@ -369,7 +369,7 @@ with signals.deferred() as stop:
 
 SIGNAL_IN_A_FINALIZER = """
 import os, signal, sys
-from headforcing import signals
+from headforcing.utils import signals
 class Library:
     def __del__(self):  # a finalizer that runs during start-up, when the signal lands
         os.kill(os.getpid(), signal.SIGTERM)
@@ -401,7 +401,7 @@ SAME_FRAMES_LOSSY = """
 import hashlib, sys
 import numpy as np
 import torch
-from headforcing.engine.video import Mp4Writer
+from headforcing.utils.video import Mp4Writer
 frames = np.load(sys.argv[1])
 with Mp4Writer(sys.argv[2], frames.shape[2], frames.shape[1], 4, 18) as mp4:
     for i in range(0, len(frames), 3):  # chunk by chunk with the model's work between, as generate writes

@@ -343,7 +343,7 @@ def test_the_page_in_headless_chromium(tmp_path):
     of the session so far with its timeline."""
     from playwright.sync_api import sync_playwright
 
-    from headforcing.engine.video import count_frames
+    from headforcing.utils.video import count_frames
 
     s = Server()
     try:

@@ -39,7 +39,7 @@ import json, sys
 import torch
 from safetensors.torch import save_file
 import headforcing
-from headforcing import threads
+from headforcing.utils import threads
 from test_session import PROMPTS, run
 threads.use(1)  # as the parent: the machine's load must not choose another count (other float rounding)
 jobs = json.loads(sys.argv[1])
@@ -59,7 +59,7 @@ def test_resume_in_a_new_process_equals_the_uninterrupted_run(model, tmp_path, m
     before and after the save point: run k chunks, save, resume in a new Python process, run the rest —
     latents and decoded frames equal those of the run never interrupted. Both processes run one thread: a
     count chosen from the machine's load could differ between them (and so would the VAE's float rounding)."""
-    from headforcing import threads as headforcing_threads
+    from headforcing.utils import threads as headforcing_threads
 
     threads = torch.get_num_threads()
     monkeypatch.setattr(headforcing_threads, "_chosen", 1)  # as `--threads 1`: no session looks at the load again

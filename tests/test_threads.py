@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from headforcing import threads
+from headforcing.utils import threads
 
 
 @pytest.fixture

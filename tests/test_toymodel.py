@@ -16,14 +16,14 @@ from headforcing.cli import main
 from headforcing.models.specs import TOY, build_transformer
 import headforcing
 from headforcing.engine.timeline import latent_frames_for
-from headforcing.generate import Request, plan
+from headforcing.runs.generate import Request, plan
 from headforcing.engine.sampler import ChunkSampler, SeededNoise
 from headforcing.engine.timeline import Cue
 from headforcing.toyworld.eval import Scene, Track, frame_metrics, read_frame, run_one, summarise
 from headforcing.models.toy import ToyTextEncoder, build_word_encoder, load_toy, tokenize
 from headforcing.toyworld.train import for_training, learning_rate, make_batch, noised, train
 from headforcing.toyworld.world import PALETTE, decode_state, generate, make_world
-from headforcing.engine.video import count_frames
+from headforcing.utils.video import count_frames
 
 TOKENS = (TOY.size[0] // 4) ** 2  # 64 per frame
 

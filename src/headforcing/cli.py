@@ -11,11 +11,12 @@ import signal
 import sys
 from pathlib import Path
 
-from . import __version__, signals
+from . import __version__
+from .utils import signals
 from .cache.policy import DEFAULT_RULE, PRESETS
 from .engine.compiled import MODES as COMPILE_MODES
 from .errors import RunError, UsageError
-from .ranks import world
+from .utils.ranks import world
 
 MODELS = "toy (the shipped toy-world model), tiny (random, for tests), wan2.1-1.3b (the real shape)"
 
@@ -164,7 +165,7 @@ def generate_flags(sub) -> None:
 
 def run_generate(args) -> int:
     from .engine.pipeline import load
-    from .generate import Request, finish, generate, plan, resumed
+    from .runs.generate import Request, finish, generate, plan, resumed
 
     if args.out is not None and args.latents_only:
         raise UsageError("--latents-only writes nothing; give --out or --latents-only, not both")
@@ -212,8 +213,8 @@ def given_defaults(args) -> None:
 
 
 def run_prompt_set(args) -> int:
-    from .batch import run_prompt_set as run_set
-    from .generate import Request
+    from .runs.prompt_sets import run_prompt_set as run_set
+    from .runs.generate import Request
 
     if not args.prompts or not args.out_dir:
         raise UsageError("a prompt set needs both --prompts FILE and --out-dir DIR")
@@ -647,7 +648,7 @@ def main(argv=None) -> int:
         if getattr(args, "threads", None) is not None:
             if not 1 <= args.threads <= 1024:
                 raise UsageError(f"--threads must be 1..1024, got {args.threads}")
-            from . import threads  # (torch: not before a command needs it, so --help stays fast)
+            from .utils import threads  # (torch: not before a command needs it, so --help stays fast)
 
             threads.use(args.threads)
         commands = {

@@ -79,6 +79,6 @@ class HeadMap:
 
     @classmethod
     def load(cls, path: str | Path) -> "HeadMap":
-        from ..engine.files import read_json
+        from ..utils.files import read_json
 
         return cls.from_json(read_json(path, "HeadMap"))

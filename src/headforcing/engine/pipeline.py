@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from .. import threads
+from ..utils import threads
 from ..errors import UsageError
 from ..models.loading import dit_from_original, find_wan_folder, read_causal_checkpoint
 from ..models.specs import WAN_1_3B, ModelSpec, RandomTextEncoder, build_transformer, build_vae, get_spec, to_device
@@ -224,7 +224,7 @@ def join_ranks(device: str | None) -> str | None:
     """Join this torchrun launch's process group (NCCL on GPUs, gloo on CPUs): the device this rank runs on."""
     import torch.distributed as dist
 
-    from ..ranks import world
+    from ..utils.ranks import world
 
     rank, size, local = world()
     if size < 2:

@@ -19,7 +19,7 @@ from ..cache.headmap import HeadMap
 from ..cache.headwise import HeadwiseCache
 from ..cache.policy import DEFAULT_RULE, Policy, RolePolicy, Sink, preset
 from ..cache.profiler import HeadProfiler, classify, parse_rule
-from .. import threads
+from ..utils import threads
 from ..errors import UsageError
 from ..models.schedule import Schedule
 from . import state
@@ -315,7 +315,7 @@ class Session:
     def recording(self, path: str, crf: int = 18):
         """An H.264 mp4 writer at this session's size and frame rate; the file appears whole when the block ends
         (`with s.recording("a.mp4") as mp4: mp4.write(s.step().frames)`)."""
-        from .video import Mp4Writer
+        from ..utils.video import Mp4Writer
 
         if not 0 <= crf <= 51:
             raise UsageError(f"crf must be 0..51, got {crf}")

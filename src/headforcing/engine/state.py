@@ -28,7 +28,7 @@ from ..cache.policy import Episodic
 from ..cache.store import part
 from ..errors import UsageError, whole
 from .decode import StreamingVaeDecoder
-from .files import parse_json, publish
+from ..utils.files import parse_json, publish
 from .parallel import gather_profile, gather_states, share_states
 
 FORMAT = "headforcing-session"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..models.specs import first_video_frame
-from .files import parse_json, read_text
+from ..utils.files import parse_json, read_text
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.files import parse_json, publish, read_text
+from ..utils.files import parse_json, publish, read_text
 from ..engine.timeline import cue_from_json
 from ..errors import UsageError
-from ..ranks import Group, shard, world
+from ..utils.ranks import Group, shard, world
 from .metrics import SEGMENT_METRICS, analyse, frames_of, open_video
 
 

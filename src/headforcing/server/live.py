@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..engine.video import Mp4Writer, write_timeline
+from ..utils.video import Mp4Writer, write_timeline
 
 
 def data_url(frame: np.ndarray) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..engine.files import check_output, read_json, read_text
+from ..utils.files import check_output, read_json, read_text
 from ..errors import UsageError
 from ..engine.pipeline import Pipeline, load
 from ..cache.profiler import HeadProfiler, classify, heads_file, plot

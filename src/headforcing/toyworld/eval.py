@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
-from ..ranks import Group, shard, world
+from ..utils.ranks import Group, shard, world
 from ..models.specs import TOY
 from ..engine.pipeline import Pipeline, load
 from ..engine.session import schedule_for

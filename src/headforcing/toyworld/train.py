@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import threads
+from ..utils import threads
 from ..models.specs import build_transformer
 from ..models.toy import TOY, build_word_encoder, checkpoint_info, load_toy, save_toy
 from .memory import training_clip

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .cache.policy import DEFAULT_RULE
-from .engine.pipeline import model_spec, peak_memory, pick_device, pick_dtype
-from .tools.estimate import check_fits
-from .engine.session import SessionOptions, check_options
-from .engine.timeline import Cue, check_timeline, latent_frames_for, schedule
-from .engine.files import check_output
-from .engine.video import Mp4Writer, check_writable, read_clip, read_image, write_timeline
-from . import signals
-from .errors import RunError, UsageError
+from ..cache.policy import DEFAULT_RULE
+from ..engine.pipeline import model_spec, peak_memory, pick_device, pick_dtype
+from ..tools.estimate import check_fits
+from ..engine.session import SessionOptions, check_options
+from ..engine.timeline import Cue, check_timeline, latent_frames_for, schedule
+from ..utils.files import check_output
+from ..utils.video import Mp4Writer, check_writable, read_clip, read_image, write_timeline
+from ..utils import signals
+from ..errors import RunError, UsageError
 
 
 @dataclass
@@ -239,8 +239,8 @@ def resumed(state: str, out: str | None, given: dict) -> Resumed:
     """The run an interrupted `generate` saved in `state`, checked before anything loads: its first part (the
     mp4 it left) then the rest go into `out`. `given`: flags on the command line (None: not given); one that
     contradicts the state is refused."""
-    from .engine.state import read_state
-    from .engine.video import count_frames
+    from ..engine.state import read_state
+    from ..utils.video import count_frames
 
     meta, _ = read_state(state)
     run = meta.get("run")

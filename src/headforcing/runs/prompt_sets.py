@@ -22,10 +22,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .engine.files import parse_json, read_text
-from .engine.timeline import Cue, cue_from_json
-from .errors import UsageError
-from .ranks import Group, shard, world
+from ..utils.files import parse_json, read_text
+from ..engine.timeline import Cue, cue_from_json
+from ..errors import UsageError
+from ..utils.ranks import Group, shard, world
 
 ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -118,7 +118,7 @@ def done(manifest: Path) -> dict[tuple[str, str], dict]:
 
 
 def complete(record: dict | None, path: Path) -> bool:
-    from .engine.video import count_frames
+    from ..utils.video import count_frames
 
     if record is None or not path.is_file():
         return False
@@ -132,8 +132,8 @@ def run_prompt_set(template, prompts: str, out_dir: str, policies: list[str], pr
     """Make every entry of `prompts` under every policy into `out_dir` (this rank's share); returns counts."""
     import torch
 
-    from .cache.policy import preset
-    from .engine.pipeline import load
+    from ..cache.policy import preset
+    from ..engine.pipeline import load
     from .generate import generate
 
     for policy in policies:
