@@ -6,7 +6,7 @@ A *return* is a visit to a module the request had already left. Loading the mode
 the request hands its load arguments to) is followed as its own path: the request path starts once a loaded
 pipeline is handed over.
 
-    python scripts/request_path.py            # the toy model, 1 s, into a temporary folder
+    python scripts/request_path.py            # the toy model, 1 s, into a temporary folder; then at any depth
 """
 
 from __future__ import annotations
@@ -23,12 +23,14 @@ DEPTH = 2  # cli -> the run -> what it calls
 
 
 class Path_:
-    """Module visits of calls made at most DEPTH module boundaries below the command (`cli`): the request's own
-    path (what the command calls, and what that calls), not the engine's internal work below it."""
+    """Module visits of calls made at most `depth` module boundaries below the command (`cli`), or below
+    `engine.pipeline.load` for the load: the request's own path (what the command calls, and what that calls),
+    not the engine's internal work below it. depth=None: every call, at any depth."""
 
-    def __init__(self):
+    def __init__(self, depth: int | None = DEPTH):
+        self.depth = depth
         self.visits: dict[str, list[str]] = {"load": [], "request": []}
-        self.part, self.done = "request", False
+        self.part, self.done, self.load_base = "request", False, 0
         self.stack: list[tuple[str, int]] = []  # per active frame: (module, module boundaries below cli)
 
     def profile(self, frame, event, arg):
@@ -46,9 +48,10 @@ class Path_:
         depth = 0 if not self.stack else self.stack[-1][1] + (module != self.stack[-1][0])
         self.stack.append((module, depth))
         if frame.f_code.co_name == "load" and module == "headforcing.engine.pipeline":
-            self.part = "load"
+            self.part, self.load_base = "load", depth - 1  # as if the command called it
         visits = self.visits[self.part]
-        if depth <= DEPTH and (not visits or visits[-1] != module):
+        below = depth - (self.load_base if self.part == "load" else 0)
+        if (self.depth is None or below <= self.depth) and (not visits or visits[-1] != module):
             visits.append(module)
 
     def left_load(self):
@@ -72,8 +75,8 @@ def summary(visits: list[str]) -> tuple[int, int]:
     return len(seen), returns
 
 
-def main() -> None:
-    path = Path_()
+def follow(depth: int | None) -> Path_:
+    path = Path_(depth)
     first_write = video.Mp4Writer.write
 
     def write(self, frames):
@@ -101,10 +104,22 @@ def main() -> None:
             cli.run_generate(args)
         finally:
             sys.setprofile(None)
-    for part in ("request", "load"):
-        modules, returns = summary(path.visits[part])
-        print(f"{part}: {modules} modules, {returns} returns to a module it had left")
-        print("  " + " -> ".join(m.removeprefix("headforcing.") for m in path.visits[part]))
+    video.Mp4Writer.write = first_write
+    for module in list(sys.modules.values()):
+        if getattr(module, "load", None) is traced_load:
+            module.load = real_load
+    return path
+
+
+def main() -> None:
+    for depth in (DEPTH, None):
+        path = follow(depth)
+        print(f"at most {depth} module boundaries below the command:" if depth else "at any depth (the engine's work too):")
+        for part in ("request", "load"):
+            modules, returns = summary(path.visits[part])
+            print(f"  {part}: {modules} modules, {returns} returns to a module it had left")
+            if depth is not None:
+                print("    " + " -> ".join(m.removeprefix("headforcing.") for m in path.visits[part]))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def test_bench_cpu_smoke(tmp_path, capsys):
 
 def test_one_session_gives_every_duration(tmp_path):
     """Rows for 1 s and 2 s come from one session: the 1 s row counts exactly the chunks a 1 s run makes."""
-    rows = bench(["self-forcing"], [1, 2], "tiny", None)
+    rows = bench(headforcing.load("tiny"), ["self-forcing"], [1, 2])
     assert [(r["seconds"], r["frames"], r["latent_frames"]) for r in rows] == [(1, 21, 6), (2, 33, 9)]
     assert rows[0]["flops"] < rows[1]["flops"]
 
@@ -65,7 +65,7 @@ def test_gpu_report_script_runs_every_mode_and_keeps_failures(tmp_path, monkeypa
         real_compile(self, mode, backend)
 
     monkeypatch.setattr(Pipeline, "compile", compile_or_fail)
-    rows = bench_module.gpu_report(str(tmp_path), "tiny", [5], ["self-forcing"], log=lambda line: None,
+    rows = bench_module.gpu_report(headforcing.load("tiny"), str(tmp_path), [5], ["self-forcing"], log=lambda line: None,
                                    modes=("eager", "max-autotune", "default"))
     assert [r["compile"] for r in rows] == ["eager", "max-autotune", "default"]
     assert rows[1]["error"] == "RuntimeError: no autotuning here"
@@ -82,5 +82,5 @@ def test_gpu_report_refused_without_a_gpu(tmp_path, capsys):
 def test_gpu_report_skips_what_is_past_its_time_budget(tmp_path):
     from headforcing.tools.bench import gpu_report
 
-    rows = gpu_report(str(tmp_path), "tiny", [5], ["self-forcing", "headforcing"], log=lambda line: None, budget_s=0)
+    rows = gpu_report(headforcing.load("tiny"), str(tmp_path), [5], ["self-forcing", "headforcing"], log=lambda line: None, budget_s=0)
     assert len(rows) == 6 and all(r["error"] == "TimeoutError: skipped, past the 0 s budget" for r in rows)

@@ -147,7 +147,8 @@ def test_set_prompt_between_chunks_equals_a_timeline(tmp_path):
     session stepped by hand with the switch at the planned chunk (and differ from one without it)."""
     import headforcing
     from headforcing.engine.timeline import Cue
-    from headforcing.runs.generate import Request, plan
+    from headforcing.runs.checks import plan
+    from headforcing.runs.generate import Request
 
     work = plan(Request(model="tiny", prompt=[Cue(0, "a red ball"), Cue(1.0, "a blue cube")], seconds=4, latent_frames=12))
     applied = work.timeline[1]["chunk"]

@@ -17,7 +17,8 @@ from headforcing.cli import build_parser
 from headforcing.engine.timeline import Cue, parse_prompt_arg, read_timeline
 from headforcing.errors import UsageError
 from headforcing.evaluation.report import parse_seconds
-from headforcing.runs.generate import Request, plan
+from headforcing.runs.generate import Request
+from headforcing.runs.checks import plan
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),

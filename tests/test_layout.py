@@ -61,6 +61,55 @@ def test_tools_do_not_import_the_toy_world():
     assert tools and not {d for deps in tools.values() for d in deps if d.startswith("headforcing.toyworld")}
 
 
+# the package's layers, top to bottom (docs/ARCHITECTURE.md): a layer imports only the layers below it
+LAYERS = ("__main__", "cli", "server", "runs", "tools", "toyworld", "evaluation", "headforcing", "engine", "models", "cache",
+          "utils", "errors")
+
+
+def layer(module: str) -> str:
+    """headforcing.runs.checks -> runs; the package's own __init__ (its Python API) -> headforcing."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps
+                  if LAYERS.index(layer(d)) < LAYERS.index(layer(m)))
+
+
+def test_imports_only_go_down_the_layers():
+    graph = {module_name(p): imports(p) for p in ROOT.rglob("*.py")}
+    assert {layer(m) for m in graph} == set(LAYERS)  # every layer is named, and no new one goes unplaced
+    assert upward(graph) == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    assert upward({"headforcing.cache.store": {"headforcing.engine.session"}}) == ["headforcing.cache.store -> headforcing.engine.session"]
+
+
+def private_writes(tree) -> list[str]:
+    """Assignments to another object's private field (`x._f = ...`, `x._f[i] += ...`; self and cls are one's own)."""
+    found = []
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+        for target in targets:
+            for part in ast.walk(target):
+                if (isinstance(part, ast.Attribute) and part.attr.startswith("_") and not part.attr.startswith("__")
+                        and not (isinstance(part.value, ast.Name) and part.value.id in ("self", "cls"))):
+                    found.append(f"{ast.unparse(part)} (line {part.lineno})")
+    return found
+
+
+def test_no_module_writes_another_objects_private_fields():
+    found = [f"{path.relative_to(ROOT)}: {w}" for path in ROOT.rglob("*.py") for w in private_writes(ast.parse(path.read_text()))]
+    assert found == []
+
+
+def test_the_private_write_check_finds_one():
+    assert private_writes(ast.parse("session._cache = None\nself._own = 1\nstore._slots[0] += 2")) == [
+        "session._cache (line 1)", "store._slots (line 3)"]
+
+
 TABLES = {("cache/policy.py", "preset")}  # functions that are tables of data (the presets, one entry each)
 
 

@@ -16,7 +16,8 @@ from headforcing.cli import main
 from headforcing.models.specs import TOY, build_transformer
 import headforcing
 from headforcing.engine.timeline import latent_frames_for
-from headforcing.runs.generate import Request, plan
+from headforcing.runs.generate import Request
+from headforcing.runs.checks import plan
 from headforcing.engine.sampler import ChunkSampler, SeededNoise
 from headforcing.engine.timeline import Cue
 from headforcing.toyworld.eval import Scene, Track, frame_metrics, read_frame, run_one, summarise

@@ -164,8 +164,7 @@ def generate_flags(sub) -> None:
 
 
 def run_generate(args) -> int:
-    from .engine.pipeline import load
-    from .runs.generate import Request, finish, generate, plan, resumed
+    from .runs.generate import Request, run, run_resumed
 
     if args.out is not None and args.latents_only:
         raise UsageError("--latents-only writes nothing; give --out or --latents-only, not both")
@@ -177,9 +176,7 @@ def run_generate(args) -> int:
                      prompt=prompt_timeline(args) if args.prompt or args.timeline else None,
                      rule=None if args.rule == DEFAULT_RULE else args.rule, crf=args.crf, compile=args.compile,
                      trace=args.trace, parallel=args.parallel)
-        job = resumed(args.resume, args.out, given)  # checked before anything loads
-        pipe = load(job.request.model, **job.request.load_args())
-        return report_generate(args, finish(pipe, job, progress=not args.quiet))
+        return report_generate(args, run_resumed(args.resume, args.out, given, progress=not args.quiet))
     if args.out is None and not args.latents_only:
         raise UsageError("give --out FILE.mp4, or --latents-only")
     prompt = prompt_timeline(args)
@@ -201,9 +198,7 @@ def run_generate(args) -> int:
         parallel=args.parallel,
         **model_request_args(args),
     )
-    work = plan(request)  # checked before anything loads
-    pipe = load(request.model, **request.load_args())
-    return report_generate(args, generate(pipe, request, work, progress=not args.quiet))
+    return report_generate(args, run(request, progress=not args.quiet))
 
 
 def given_defaults(args) -> None:
@@ -333,6 +328,8 @@ def bench_flags(sub) -> None:
 def run_bench(args) -> int:
     import torch
 
+    from .cache.policy import preset
+    from .engine.pipeline import load
     from .tools.bench import bench, table
 
     durations = parse_durations(args.seconds)
@@ -352,13 +349,18 @@ def run_bench(args) -> int:
         if args.model is None and not torch.cuda.is_available():
             raise UsageError("--gpu-report measures the real shape on a GPU, and this machine has none "
                              "(--model tiny runs it as a smoke test)")
-        gpu_report(args.gpu_report, args.model or "wan2.1-1.3b", durations, args.policies.split(","), args.size,
-                   args.device, args.dtype)
+        pipe = load(args.model or "wan2.1-1.3b", device=args.device, dtype=args.dtype)
+        gpu_report(pipe, args.gpu_report, durations, args.policies.split(","), args.size)
         print(f"wrote {args.gpu_report}/gpu.json and gpu.md")
         return 0
     model = args.model or ("wan2.1-1.3b" if torch.cuda.is_available() else "tiny")
-    rows = bench(args.policies.split(","), durations, model, args.out, args.warmup, size=args.size, device=args.device,
-                 dtype=args.dtype, compile=args.compile, parallel=args.parallel)
+    policies = args.policies.split(",")
+    for policy in policies:
+        preset(policy)  # an unknown name fails before the model loads
+    pipe = load(model, device=args.device, dtype=args.dtype, parallel=args.parallel)
+    if args.compile:
+        pipe.compile(args.compile)
+    rows = bench(pipe, policies, durations, args.out, args.warmup, size=args.size)
     if rows is not None:  # (None: a rank computing for rank 0, which prints)
         print(table(rows))
     return 0
@@ -442,7 +444,7 @@ def run_toyworld(args) -> int:
         raise UsageError("--novelty goes with --suite memory")
     if args.suite == "memory":
         return run_memory_suite(args, policies)
-    report = evaluate(policies, parse_durations(args.seconds), args.seeds, args.out, args.heads, args.toy_weights,
+    report = evaluate(toy_model(args), policies, parse_durations(args.seconds), args.seeds, args.out, args.heads, args.toy_weights,
                       args.change_at, dict(solver=args.solver, context_noise=args.context_noise, blend_chunks=args.blend_chunks),
                       args.first_seed)
     if report is None:  # a rank other than 0 under torchrun: rank 0 writes the merged report
@@ -450,6 +452,13 @@ def run_toyworld(args) -> int:
     print((Path(args.out) / "toyworld.md").read_text(), end="")
     print(f"wrote {args.out}/toyworld.json, toyworld.md, curves_*.png/csv, frames_*.png ({len(report['results'])} runs)")
     return 0
+
+
+def toy_model(args):
+    """The toy model a toy-world suite runs on, loaded once (per torchrun rank)."""
+    from .engine.pipeline import load
+
+    return load("toy", toy_weights=args.toy_weights)
 
 
 def run_toy_train(args) -> int:
@@ -490,7 +499,7 @@ def run_memory_suite(args, policies: list[str]) -> int:
         from .cache.episodic import EpisodicConfig
 
         sampling["episodic"] = EpisodicConfig(novelty=args.novelty)
-    report = evaluate_memory(policies, parse_durations(args.seconds), args.seeds, args.out, args.heads, args.toy_weights,
+    report = evaluate_memory(toy_model(args), policies, parse_durations(args.seconds), args.seeds, args.out, args.heads, args.toy_weights,
                              sampling, args.first_seed)
     if report is None:  # a rank other than 0 under torchrun: rank 0 writes the merged report
         return 0
@@ -511,7 +520,7 @@ def run_recall(args, policies: list[str]) -> int:
     if len(durations) != 1:
         raise UsageError(f"the recall suite takes one duration (--seconds 600), got {args.seconds!r}")
     sampling = dict(solver=args.solver, context_noise=args.context_noise)
-    report = evaluate_recall(policies, durations[0], args.seeds, args.out, modes, args.heads, args.toy_weights, sampling,
+    report = evaluate_recall(toy_model(args), policies, durations[0], args.seeds, args.out, modes, args.heads, args.toy_weights, sampling,
                              args.first_seed)
     if report is not None:
         print((Path(args.out) / "recall.md").read_text(), end="")
@@ -632,7 +641,7 @@ def inspect_flags(sub) -> None:
 
 
 def run_inspect(args) -> int:
-    from .models.inspect import inspect_path
+    from .tools.inspect import inspect_path
 
     report = inspect_path(args.path)
     print("\n".join(report.lines))

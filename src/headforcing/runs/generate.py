@@ -1,29 +1,23 @@
-"""`headforcing generate`: a request checked on its own, a model loaded, one session stepped chunk by chunk
-over a prompt timeline, frames streamed into an mp4, in constant memory."""
+"""`headforcing generate`, load then run (gpt-fast's `_load_model()` then `generate(model, ...)`): a request checked
+on its own (`checks.plan`), the model loaded once, one session stepped chunk by chunk over the prompt timeline
+into an mp4 (`recording.record`), in constant memory. An interrupted run is checked (`resumed`) and finished
+(`finish`) the same way."""
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import json
-import signal
-import time
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
 from ..cache.policy import DEFAULT_RULE
-from ..engine.pipeline import model_spec, peak_memory, pick_device, pick_dtype
-from ..tools.estimate import check_fits
-from ..engine.session import SessionOptions, check_options
-from ..engine.timeline import Cue, check_timeline, latent_frames_for, schedule
-from ..utils.files import check_output
-from ..utils.video import Mp4Writer, check_writable, read_clip, read_image, write_timeline
-from ..utils import signals
-from ..errors import RunError, UsageError
+from ..engine.pipeline import load
+from ..engine.session import SessionOptions
+from ..engine.state import read_state
+from ..engine.timeline import Cue
+from ..errors import UsageError
+from ..utils.files import file_sha256
+from ..utils.video import check_writable, count_frames
+from .checks import Plan, check_crf, plan
+from .recording import Summary, record
 
 
 @dataclass
@@ -67,135 +61,33 @@ class Request:
         return SessionOptions(policy=self.policy, heads=self.heads, rule=self.rule, seed=self.seed, size=size or self.size,
                               solver=self.solver, context_noise=self.context_noise, decode=self.out is not None or self.decode)
 
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["prompt"] = self.prompt if isinstance(self.prompt, str) else [asdict(c) for c in self.prompt]
+        return data
 
-@dataclass
-class Summary:
-    model: str
-    frames: int
-    latent_frames: int
-    duration_s: float
-    seconds: float
-    fps: float
-    peak_memory_bytes: int
-    cache_bytes: int
-    timeline: list = field(default_factory=list)
-    compile: dict | None = None  # the session's compile counters (Session.stats()["compile"])
-    given: int = 0  # frames of the video that came from --init-video / --init-image (not made, not in the FPS)
-    parallel: dict | None = None  # ranks and head imbalance under --parallel heads (Session.stats()["parallel"])
-    leads: bool = True  # False on a rank that only computes for another (it reports nothing)
-
-    def line(self) -> str:
-        made = f"{self.frames - self.given} made + {self.given} given, " if self.given else ""
-        return (
-            f"frames {self.frames} ({made}{self.latent_frames} latent), duration {self.duration_s:.2f} s, "
-            f"took {self.seconds:.2f} s, {self.fps:.1f} FPS, peak memory {self.peak_memory_bytes / 2**20:.0f} MiB, "
-            f"cache {self.cache_bytes / 2**20:.2f} MiB"
-        ) + ("" if self.compile is None else f", compiled {self.compile['compiled_chunks']} of "
-             f"{self.compile['compiled_chunks'] + self.compile['eager_chunks']} chunks ({self.compile['recompiles']} recompiles)") + (
-            "" if self.parallel is None else f" per rank, {self.parallel['ranks']} ranks (head imbalance {self.parallel['imbalance']:.1%})")
+    @classmethod
+    def from_json(cls, data: dict) -> "Request":
+        data = dict(data)
+        if not isinstance(data.get("prompt"), str):
+            data["prompt"] = [Cue(**c) for c in data["prompt"]]
+        if data.get("size") is not None:
+            data["size"] = tuple(data["size"])
+        return cls(**data)
 
 
-@dataclass
-class Plan:
-    """A request checked against its model's spec, before any weights are loaded."""
-
-    spec: object
-    options: SessionOptions
-    latent_frames: int  # to generate
-    timeline: list[dict]  # cues as applied to the generated chunks
-    init: np.ndarray | None  # the frames to continue [N, H, W, 3] uint8 (the usable tail of a clip, or an image)
+def run(request: Request, progress: bool = True) -> Summary:
+    """The command: the request checked before anything loads, the model loaded once, the video made."""
+    work = plan(request)
+    pipe = load(request.model, **request.load_args())
+    return generate(pipe, request, work, progress)
 
 
-def fit_clip(frames: np.ndarray, fps: float, spec, size, path: str) -> np.ndarray:
-    """The tail of a clip that encodes to whole chunks of latent frames (Wan: 4L-3 frames, L a multiple of the
-    chunk; pixels: L frames), after checking its frame rate and size; UsageError when it does not fit."""
-    if abs(fps - spec.fps) > 0.01:
-        raise UsageError(f"clip {path} is {fps:g} fps; the model makes {spec.fps} fps video (resample it first)")
-    height, width = frames.shape[1:3]
-    if size is not None and tuple(size) != (width, height):
-        raise UsageError(f"clip {path} is {width}x{height}; --size asks for {size[0]}x{size[1]}")
-    C, stride = spec.chunk_frames, spec.vae_stride[0]
-    latents = C * (((len(frames) + stride - 1) // stride) // C)  # the most whole chunks it can fill
-    if latents == 0:
-        raise UsageError(f"clip {path} has {len(frames)} frames; at least {spec.video_frames(C)} are needed (one chunk)")
-    return frames[len(frames) - spec.video_frames(latents) :]
-
-
-def read_init(request: Request, spec) -> np.ndarray | None:
-    if request.init_video and request.init_image:
-        raise UsageError("give --init-video or --init-image, not both")
-    if request.init_video:
-        frames, fps = read_clip(request.init_video)
-        return fit_clip(frames, fps, spec, request.size, request.init_video)
-    if request.init_image:
-        frames = read_image(request.init_image)
-        height, width = frames.shape[1:3]
-        if request.size is not None and tuple(request.size) != (width, height):
-            raise UsageError(f"image {request.init_image} is {width}x{height}; --size asks for {request.size[0]}x{request.size[1]}")
-        return frames
-    return None
-
-
-def plan(request: Request) -> Plan:
-    if not 0 <= request.crf <= 51:
-        raise UsageError(f"--crf must be 0..51, got {request.crf}")
-    spec, _, _ = model_spec(request.model, request.wan_dir, request.checkpoint)
-    init = read_init(request, spec)
-    options = request.session_options(size=(init.shape[2], init.shape[1]) if init is not None else None)
-    policy, _ = check_options(spec, options)
-    C = spec.chunk_frames
-    latent_frames = request.latent_frames or latent_frames_for(request.seconds, spec.fps, C, spec.vae_stride[0])
-    num_chunks = latent_frames // C
-    cues = [Cue(0.0, request.prompt)] if isinstance(request.prompt, str) else list(request.prompt)
-    check_timeline(cues, spec.video_frames(latent_frames) / spec.fps)
-    given = 0 if init is None else (1 if request.init_image else (len(init) + spec.vae_stride[0] - 1) // spec.vae_stride[0])
-    if not policy.bounded and given + latent_frames > spec.trained_frames:
-        raise UsageError(
-            f"policy {request.policy!r} keeps every frame and is valid only inside the trained window of "
-            f"{spec.trained_frames} latent frames; this run needs {given + latent_frames}"
-        )
-    if request.out is not None:
-        check_writable(request.out)
-    if request.trace is not None:
-        check_output(request.trace, "--trace")
-    device = pick_device(request.device)
-    check_fits(spec, policy.name, options.size or spec.size, pick_dtype(request.dtype, device), device)
-    return Plan(spec, options, latent_frames, schedule(cues, num_chunks, C, spec.fps, spec.vae_stride[0]), init)
-
-
-def trace_lines(session, index: int, decisions: list[dict]) -> list[str]:
-    """One JSON line per layer with episodic memory: this chunk's decisions and the slots' state."""
-    lines = []
-    for layer, lc in enumerate(session.cache.layers):
-        stores = [s for s in lc.stores if s.memory is not None]
-        if not stores:
-            continue
-        mine = [d for d in decisions if d["layer"] == layer]
-        newest = session.frame - 1
-        slots = {s.name: [newest - f for f in s.held_frames()[s.episodic_first :]] for s in stores}
-        lines.append(json.dumps(dict(
-            chunk=index, layer=layer,
-            admitted=sum(d["action"] == "admit" for d in mine),
-            merged=sum(d["action"] == "merge" for d in mine),
-            replaced=sum(d["action"] == "replace" for d in mine),
-            novelty=[d["novelty"] for d in mine], slot_ages=slots,
-        )))
-    return lines
-
-
-def request_json(request: Request) -> dict:
-    data = asdict(request)
-    data["prompt"] = request.prompt if isinstance(request.prompt, str) else [asdict(c) for c in request.prompt]
-    return data
-
-
-def request_from_json(data: dict) -> Request:
-    data = dict(data)
-    if not isinstance(data.get("prompt"), str):
-        data["prompt"] = [Cue(**c) for c in data["prompt"]]
-    if data.get("size") is not None:
-        data["size"] = tuple(data["size"])
-    return Request(**data)
+def run_resumed(state: str, out: str | None, given: dict, progress: bool = True) -> Summary:
+    """`generate --resume`: the interrupted run checked before anything loads, its model loaded, the video finished."""
+    job = resumed(state, out, given)
+    pipe = load(job.request.model, **job.request.load_args())
+    return finish(pipe, job, progress)
 
 
 def generate(pipe, request: Request, work: Plan | None = None, progress: bool = True) -> Summary:
@@ -208,15 +100,7 @@ def generate(pipe, request: Request, work: Plan | None = None, progress: bool = 
         pipe.encode(cue["prompt"])
     pipe.offload_text_encoder()  # the prompts are encoded; later switches run it on the CPU
     session = pipe.session(work.timeline[0]["prompt"], **vars(work.options))
-    return stream(pipe, session, request, work.timeline, work.latent_frames, progress, init=work.init)
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return record(pipe, session, request, work.timeline, work.latent_frames, progress, init=work.init)
 
 
 # flags that a resumed run takes from its state, and may only repeat
@@ -239,15 +123,12 @@ def resumed(state: str, out: str | None, given: dict) -> Resumed:
     """The run an interrupted `generate` saved in `state`, checked before anything loads: its first part (the
     mp4 it left) then the rest go into `out`. `given`: flags on the command line (None: not given); one that
     contradicts the state is refused."""
-    from ..engine.state import read_state
-    from ..utils.video import count_frames
-
     meta, _ = read_state(state)
     run = meta.get("run")
     if not isinstance(run, dict):
         raise UsageError(f"{state} was not saved by `headforcing generate`; continue it from Python with Pipeline.resume")
     try:
-        saved = request_from_json(run["request"])
+        saved = Request.from_json(run["request"])
         first, frames = Path(run["video"]), int(run["frames"])
     except (KeyError, TypeError, ValueError):
         raise UsageError(f"{state} is inconsistent: its run description is incomplete") from None
@@ -265,8 +146,8 @@ def resumed(state: str, out: str | None, given: dict) -> Resumed:
         raise UsageError(f"the run's first part {first} is not the video this state was saved with (another run wrote it)")
     if given.get("trace") is not None:
         raise UsageError("--trace does not go with --resume (the first part's decisions were not kept)")
-    if given.get("crf") is not None and not 0 <= given["crf"] <= 51:
-        raise UsageError(f"--crf must be 0..51, got {given['crf']}")
+    if given.get("crf") is not None:
+        check_crf(given["crf"])
     overrides = {k: given[k] for k in ("device", "text_encoder_device", "crf", "compile") if given.get(k) is not None}
     # (the rank count is the resuming launch's: a state holds every head, whichever ranks saved it)
     return Resumed(replace(saved, out=out, trace=None, parallel=given.get("parallel"), **overrides), state, run, first)
@@ -277,112 +158,5 @@ def finish(pipe, job: Resumed, progress: bool = True) -> Summary:
     if job.request.compile and pipe.compiled is None:
         pipe.compile(job.request.compile)
     session = pipe.resume(job.state)
-    return stream(pipe, session, job.request, job.run["timeline"], job.run["latent_frames"], progress, first_part=job.first,
+    return record(pipe, session, job.request, job.run["timeline"], job.run["latent_frames"], progress, first_part=job.first,
                   clip_frames=job.run["clip_frames"])
-
-
-def stream(pipe, session, request: Request, timeline: list[dict], latent_frames: int, progress: bool,
-           init: np.ndarray | None = None, first_part: Path | None = None, clip_frames: int = 0) -> Summary:
-    """Step the session to `latent_frames` generated frames, switching prompts at the timeline's chunks and
-    writing frames as they come. The first SIGINT/SIGTERM stops after the chunk in flight: the mp4 is closed
-    with every frame so far and the state saved beside it (`signals.Interrupted` then says how to resume).
-    Under --parallel heads every rank steps the session; rank 0 alone decodes, writes and reports."""
-    spec = pipe.spec
-    agree = pipe.parallel.any if pipe.parallel is not None else bool  # every rank stops after the same chunk
-    given_frames = session.frame - session.chunk * spec.chunk_frames  # latent frames of the clip or image
-    writes, leads = session.decoder.writes_video, not session.follows
-    total = spec.video_frames(given_frames + latent_frames) if writes else latent_frames
-    bar = tqdm(total=total, unit="frame", disable=not (progress and leads), desc=request.policy, dynamic_ncols=True)
-    trace = open(request.trace, "w") if request.trace and leads else None
-    start, writer, made = time.perf_counter(), None, 0
-    try:
-        with signals.deferred() as stop:
-            writer = Mp4Writer(request.out, session.width, session.height, spec.fps, request.crf) if writes else None
-            with writer or nullcontext():
-                clip_frames = begin(pipe, session, writer, bar, init, first_part, clip_frames)
-                made = make_chunks(session, timeline, latent_frames // spec.chunk_frames, writer, bar, trace, lambda: agree(bool(stop)))
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            raise RunError(f"the disk is full ({e.strerror}) after {writer.frames if writer else 0} frames of {request.out}: "
-                           "the partial video was removed and no state was saved") from None
-        raise
-    finally:
-        bar.close()
-        if trace:
-            trace.close()
-    seconds = time.perf_counter() - start
-    if agree(bool(stop)):
-        interrupted(session, request, writer, dict(timeline=timeline, latent_frames=latent_frames, clip_frames=clip_frames), stop.signum)
-    shifted = [dict(c, start_frame=c["start_frame"] + clip_frames, start_seconds=(c["start_frame"] + clip_frames) / spec.fps)
-               for c in timeline]
-    if request.out is not None and leads:
-        write_timeline(request.out, shifted)
-        state_path(request.out).unlink(missing_ok=True)  # an earlier interrupted run's: its first part is replaced
-    return Summary(
-        model=spec.name, frames=writer.frames if writer is not None else session.frame, latent_frames=session.frame,
-        duration_s=(writer.frames if writer is not None else spec.video_frames(session.frame)) / spec.fps,
-        seconds=seconds, fps=made / seconds, peak_memory_bytes=peak_memory(pipe.device), cache_bytes=session.cache.nbytes(),
-        timeline=shifted, compile=session.stats()["compile"], given=clip_frames if writer is not None else 0,
-        parallel=session.stats()["parallel"], leads=leads,
-    )
-
-
-def state_path(video: str) -> Path:
-    """Where an interrupted run's state goes: beside its mp4 (out.mp4 -> out.state.safetensors)."""
-    return Path(video).with_suffix(".state.safetensors")
-
-
-def begin(pipe, session, writer, bar, init, first_part, clip_frames: int) -> int:
-    """The video's start: a resumed run's first part copied, or a clip (or image) committed and written; the
-    frames of the video that were given (not made)."""
-    if first_part is not None:
-        bar.update(writer.copy(first_part) if writer is not None else 0)
-    elif init is not None:
-        clip = session.start_from(pipe.encode_frames(init))
-        if writer is not None:
-            writer.write(clip[0].numpy())
-            clip_frames = writer.frames
-            bar.update(clip_frames)
-    return clip_frames
-
-
-def make_chunks(session, timeline: list[dict], num_chunks: int, writer, bar, trace, stopping) -> int:
-    """Chunks until `num_chunks` or until `stopping()` says a signal came (checked between chunks); the frames
-    made (video frames when writing, latent frames otherwise)."""
-    cues = {cue["chunk"]: cue["prompt"] for cue in timeline[1:]}
-    made = 0
-    while session.chunk < num_chunks and not stopping():
-        index = session.chunk
-        if index in cues:
-            session.set_prompt(cues[index])
-        chunk = session.step()
-        if writer is not None:
-            writer.write(chunk.frames[0].numpy())
-        count = chunk.frames.shape[1] if writer is not None else chunk.latents.shape[1]
-        made += count
-        bar.update(count)
-        if trace:
-            trace.writelines(line + "\n" for line in trace_lines(session, index, session.decisions))
-    return made
-
-
-def interrupted(session, request: Request, writer, run: dict, signum: int | None) -> None:
-    """After a signal: the state saved beside the mp4 (a following rank gives its heads to it), and the one
-    line that says how to resume, raised as `signals.Interrupted`."""
-    signum = signum or signal.SIGINT  # (a rank told to stop by another saw no signal itself)
-    if request.out is None:
-        raise signals.Interrupted(signum, f"interrupted after {session.chunk} chunks (nothing was being written)")
-    state = str(state_path(request.out))
-    if session.follows:
-        session.save(state)
-        raise signals.Interrupted(signum, "interrupted (the leading rank saved the state)")
-    run = dict(run, request=request_json(request), video=str(Path(request.out).resolve()), frames=writer.frames,
-               video_sha256=file_sha256(request.out))
-    try:
-        session.save(state, run=run)
-    except Exception as e:  # a full disk, a file-size limit: the mp4 stays, the state is not written
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
-        raise signals.Interrupted(signum, f"interrupted: {request.out} holds the {writer.frames} frames made "
-                                  f"so far; the state to resume from could not be written ({reason})") from None
-    raise signals.Interrupted(signum, f"interrupted: {request.out} holds the {writer.frames} frames made so far; "
-                              f"resume with: headforcing generate --resume {state} --out FULL.mp4")

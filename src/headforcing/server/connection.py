@@ -9,7 +9,6 @@ the slot and the cache are freed in a `finally` that an error cannot skip.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,13 +17,12 @@ from pathlib import Path
 
 from fastapi import WebSocket, WebSocketDisconnect
 
-from ..cache.policy import PRESETS, preset
+from ..cache.policy import PRESETS
 from ..errors import UsageError
+from ..runs.checks import MAX_PROMPT, check_live, check_message, check_prompt
 from .live import Live
 from .mirror import CALLS, announce, keep_alive
 
-MAX_PROMPT = 500  # characters
-MAX_MESSAGE = 16 * 1024  # characters of one socket message: more is refused before it is parsed
 SAVE_EVERY = 2.0  # seconds: a session saves at most this often (each save re-encodes its video)
 IDLE_TIMEOUT = 600.0  # seconds without a control or a frame played in a visible page: the session ends
 PAGES_PER_SLOT = 8  # open pages (connections) per session slot; more are refused at connect
@@ -32,36 +30,6 @@ PAGES_PER_SLOT = 8  # open pages (connections) per session slot; more are refuse
 
 class Busy(UsageError):
     """Every session slot is taken."""
-
-
-def parse(text: str | None) -> dict:
-    """One socket message: JSON text of a bounded size, an object. UsageError names what is wrong."""
-    if text is None:
-        raise UsageError("binary messages are not accepted: send JSON text")
-    if len(text) > MAX_MESSAGE:
-        raise UsageError(f"a message is at most {MAX_MESSAGE} characters")
-    try:
-        message = json.loads(text)
-    except RecursionError:
-        raise UsageError("a message nests too deeply") from None
-    if not isinstance(message, dict):
-        raise UsageError("a message is a JSON object with a \"type\"")
-    return message
-
-
-def check_prompt(prompt) -> str:
-    if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > MAX_PROMPT:
-        raise UsageError(f"a prompt is text of 1..{MAX_PROMPT} characters")
-    return prompt
-
-
-def check_session(spec, policy, seed) -> None:
-    """What a page may start: a preset that runs unbounded, an integer seed."""
-    if policy not in PRESETS or not isinstance(seed, int) or isinstance(seed, bool):
-        raise UsageError(f"policy must be one of {', '.join(PRESETS)} and seed an integer")
-    if not preset(policy, spec.chunk_frames, spec.trained_frames).bounded:
-        raise UsageError(f"policy {policy!r} keeps every frame and cannot run live (its video must end "
-                         f"inside {spec.trained_frames} latent frames); pick a bounded one")
 
 
 def buffer_frames(spec, chunk_seconds: float | None, buffer_seconds: float | None) -> int:
@@ -135,7 +103,7 @@ class Connection:
                 if received["type"] == "websocket.disconnect":
                     break
                 try:
-                    await self.handle(parse(received.get("text")))
+                    await self.handle(check_message(received.get("text")))
                 except Busy as e:  # a lasting message: the page retries until a slot frees
                     await self.ws.send_json(dict(type="busy", message=str(e)))
                 except (ValueError, TypeError) as e:  # UsageError, bad JSON, a prompt the model refuses
@@ -229,7 +197,7 @@ class Connection:
     async def on_start(self, message: dict) -> None:
         prompt = check_prompt(message.get("prompt"))
         policy, seed = message.get("policy", "headforcing"), message.get("seed", 0)
-        check_session(self.spec, policy, seed)
+        check_live(self.spec, policy, seed)
         await self.start(prompt, policy, seed)
 
     async def on_prompt(self, message: dict) -> None:

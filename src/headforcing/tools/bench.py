@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..engine.pipeline import Pipeline, load, peak_memory
+from ..engine.pipeline import Pipeline, peak_memory
 from ..engine.timeline import latent_frames_for
 
 
@@ -151,19 +151,11 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def bench(policies: list[str], durations: list[float], model: str, out: str | None, warmup: int = 2, size=None,
-          device: str | None = None, dtype: str | None = None, compile: str | None = None,
-          parallel: str | None = None) -> list[dict] | None:
-    """Every policy x duration on one loaded model (loaded once); compiled for steady chunks if `compile`;
-    one stream over a torchrun launch's ranks with parallel="heads" (rank 0 writes and returns the rows,
-    with the ranks, the head imbalance and the bytes each rank sent per chunk; the others return None)."""
-    from ..cache.policy import preset
-
-    for policy in policies:
-        preset(policy)  # an unknown name fails before the model loads
-    pipe = load(model, device=device, dtype=dtype, parallel=parallel)
-    if compile:
-        pipe.compile(compile)
+def bench(pipe, policies: list[str], durations: list[float], out: str | None = None, warmup: int = 2, size=None) -> list[dict] | None:
+    """Every policy x duration on one loaded model; compiled for steady chunks if the pipeline is
+    (`pipe.compile`); one stream over a torchrun launch's ranks if it was loaded with parallel="heads" (rank 0
+    writes and returns the rows, with the ranks, the head imbalance and the bytes each rank sent per chunk; the
+    others return None)."""
     rows = [r for policy in policies for r in run_session(pipe, policy, durations, warmup, size)]
     if pipe.parallel is not None and not pipe.parallel.leads:
         return None
@@ -181,16 +173,14 @@ def write(out: str, rows: list[dict], name: str = "bench") -> None:
 GPU_MODES = ("eager", "default", "reduce-overhead")
 
 
-def gpu_report(out: str, model: str = "wan2.1-1.3b", durations=(10.0, 60.0), policies=("self-forcing", "headforcing"),
-               size=None, device: str | None = None, dtype: str | None = None, log=print, modes=GPU_MODES,
-               budget_s: float = 480.0) -> list[dict]:
+def gpu_report(pipe, out: str, durations=(10.0, 60.0), policies=("self-forcing", "headforcing"), size=None, log=print,
+               modes=GPU_MODES, budget_s: float = 480.0) -> list[dict]:
     """The whole GPU measurement in one go (within 10 minutes on one H100/H200): eager, torch.compile and CUDA
     graphs x policies x durations, at the model's size (832x480 for Wan) with random weights. Rows are written
-    as they come (DIR/gpu.json, DIR/gpu.md), so a run cut short still leaves what it measured; a mode that fails
+    as they come (DIR/gpu.json, DIR/gpu.md) from one loaded model, so a run cut short still leaves what it measured; a mode that fails
     is a row saying why, and the next one runs; past `budget_s` (compiling the 30-block DiT takes minutes) the
     remaining rows say they were skipped."""
     deadline = time.perf_counter() + budget_s
-    pipe = load(model, device=device, dtype=dtype)
     rows = []
     for mode in modes:
         pipe.compiled = None

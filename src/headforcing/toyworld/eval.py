@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import UsageError
 from ..utils.ranks import Group, shard, world
 from ..models.specs import TOY
-from ..engine.pipeline import Pipeline, load
+from ..engine.pipeline import Pipeline
 from ..engine.session import schedule_for
 from ..engine.timeline import Cue, latent_frames_for, schedule
 from ..cache.episodic import EpisodicConfig
@@ -186,10 +186,11 @@ def summarise(tracks: list[Track]) -> dict:
     return out
 
 
-def evaluate(policies: list[str], durations: list[float], seeds: int, out: str, heads: str | None = None,
+def evaluate(pipe, policies: list[str], durations: list[float], seeds: int, out: str, heads: str | None = None,
              weights: str | None = None, change_at: float | None = None, sampling: dict | None = None,
              first_seed: int = 0, progress=print) -> dict:
-    """Seeds first_seed .. first_seed + seeds - 1 (the frames shown are the first seed's)."""
+    """Seeds first_seed .. first_seed + seeds - 1 (the frames shown are the first seed's), on the loaded toy
+    model `pipe` (`weights`: the --toy-weights it was loaded with, for the report)."""
     if seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {seeds}")
     if first_seed < 0:
@@ -200,16 +201,18 @@ def evaluate(policies: list[str], durations: list[float], seeds: int, out: str, 
     used = schedule_for(TOY.schedule, sampling.get("solver"), sampling.get("context_noise"))  # what the runs use
     out_dir = Path(out)
     runs = [(seconds, policy, seed) for seconds in durations for policy in policies for seed in range(first_seed, first_seed + seeds)]
-    rank, size, _ = world()
-    group = Group(size)
-    try:
-        done = run_share(runs, rank, size, change_at, heads, sampling, first_seed, weights, progress)
-        if size > 1:  # ranks take every size-th run; rank 0 gathers them (through files) and writes the report
-            done = gather(done, out_dir, rank, size, group)
-            if done is None:
-                return None
-    finally:
-        group.close()
+
+    def one(pipe, run):
+        seconds, policy, seed = run
+        show = [int(s * TOY.fps) for s in sorted({0.0, 5.0, 30.0, seconds / 2, seconds - 1 / TOY.fps}) if s < seconds]
+        track, kept = run_one(pipe, policy, seconds, seed, Scene.for_seed(seed, change_at), heads if policy.startswith("headforcing") else None,
+                              show if seed == first_seed else (), sampling)
+        return asdict(track), kept
+
+    done = sharded(pipe, runs, one, out_dir, lambda run: f"{run[1]} {run[0]:g} s seed {run[2]}", progress)
+    if done is None:  # a rank other than 0: rank 0 gathered every rank's runs (through files) and writes the report
+        return None
+    done = {i: (Track(**track), kept) for i, (track, kept) in done.items()}
     results, curves, strips = [], {}, {}
     for seconds in durations:
         for policy in policies:
@@ -229,25 +232,11 @@ def evaluate(policies: list[str], durations: list[float], seeds: int, out: str, 
     return report
 
 
-def run_share(runs: list, rank: int, size: int, change_at, heads, sampling, first_seed: int, weights, progress) -> dict:
-    """This rank's runs (every size-th): index -> (Track, the frames kept for the strips)."""
-    share = shard(range(len(runs)), rank, size)
-    pipe = load("toy", toy_weights=weights) if any(runs[i][1] != "truth" for i in share) else None  # once, for every run
-    done = {}
-    for i in share:
-        seconds, policy, seed = runs[i]
-        show = [int(s * TOY.fps) for s in sorted({0.0, 5.0, 30.0, seconds / 2, seconds - 1 / TOY.fps}) if s < seconds]
-        done[i] = run_one(pipe, policy, seconds, seed, Scene.for_seed(seed, change_at), heads if policy.startswith("headforcing") else None,
-                          show if seed == first_seed else (), sampling)
-        progress(f"{policy} {seconds:g} s seed {seed} done" + (f" (rank {rank} of {size})" if size > 1 else ""))
-    return done
-
-
-def gather(done: dict, out_dir: Path, rank: int, size: int, group, to_json=asdict, from_json=lambda f: Track(**f)) -> dict | None:
+def gather(done: dict, out_dir: Path, rank: int, size: int, group) -> dict | None:
     """Every rank's runs on rank 0 (None elsewhere): results as JSON, kept frames as .npz (no pickle)."""
     parts = out_dir / ".parts"
     parts.mkdir(parents=True, exist_ok=True)
-    (parts / f"rank{rank}.json").write_text(json.dumps({i: to_json(result) for i, (result, _) in done.items()}))
+    (parts / f"rank{rank}.json").write_text(json.dumps({i: result for i, (result, _) in done.items()}))
     np.savez(parts / f"rank{rank}.npz", **{f"{i}_{f}": frame for i, (_, kept) in done.items() for f, frame in kept.items()})
     group.barrier()
     if rank != 0:
@@ -259,28 +248,25 @@ def gather(done: dict, out_dir: Path, rank: int, size: int, group, to_json=asdic
             kept = {key: frames[key] for key in frames.files}
         for i, fields in results.items():
             mine = {int(k.split("_")[1]): v for k, v in kept.items() if k.split("_")[0] == i}
-            merged[int(i)] = (from_json(fields), mine)
+            merged[int(i)] = (fields, mine)
         (parts / f"rank{r}.json").unlink()
         (parts / f"rank{r}.npz").unlink()
     parts.rmdir()
     return merged
 
 
-def sharded(runs: list, one, out_dir: Path, weights, policy_of, describe, progress=print) -> dict | None:
+def sharded(pipe, runs: list, one, out_dir: Path, describe, progress=print) -> dict | None:
     """`one(pipe, run) -> (JSON-able result, kept frames)` for every run, each torchrun rank taking every size-th
-    with one loaded toy model (none when its runs are all "truth"); rank 0 gets {index: (result, frames)} of
-    them all, the other ranks None."""
+    on its loaded toy model; rank 0 gets {index: (result, frames)} of them all, the other ranks None."""
     rank, size, _ = world()
     group = Group(size)
     try:
-        share = shard(range(len(runs)), rank, size)
-        pipe = load("toy", toy_weights=weights) if any(policy_of(runs[i]) != "truth" for i in share) else None
         done = {}
-        for i in share:
+        for i in shard(range(len(runs)), rank, size):
             done[i] = one(pipe, runs[i])
             progress(f"{describe(runs[i])} done" + (f" (rank {rank} of {size})" if size > 1 else ""))
         if size > 1:
-            done = gather(done, out_dir, rank, size, group, to_json=lambda r: r, from_json=lambda r: r)
+            done = gather(done, out_dir, rank, size, group)
     finally:
         group.close()
     return done
@@ -360,9 +346,10 @@ def memory_summary(runs: list[dict]) -> dict:
         recall=recall_table, chance=CHANCE, captioned=spread([run["captioned"] for run in runs]))
 
 
-def evaluate_memory(policies: list[str], durations: list[float], seeds: int, out: str, heads: str | None = None,
+def evaluate_memory(pipe, policies: list[str], durations: list[float], seeds: int, out: str, heads: str | None = None,
                     weights: str | None = None, sampling: dict | None = None, first_seed: int = 0, progress=print) -> dict | None:
-    """`toyworld eval --suite memory`: per policy x duration x seed, a memory scene; a report per policy."""
+    """`toyworld eval --suite memory` on the loaded toy model: per policy x duration x seed, a memory scene; a report
+    per policy."""
     if seeds < 1 or first_seed < 0:
         raise UsageError(f"--seeds must be at least 1 and --first-seed 0 or more, got {seeds} and {first_seed}")
     out_dir = Path(out)
@@ -375,7 +362,7 @@ def evaluate_memory(policies: list[str], durations: list[float], seeds: int, out
         by_duration, kept = run_memory(pipe, policy, durations, seed, heads if policy.startswith("headforcing") else None, sampling, keep)
         return {f"{d:g}": r for d, r in by_duration.items()}, kept
 
-    done = sharded(runs, one, out_dir, weights, lambda run: run[0], lambda run: f"memory: {run[0]} {max(durations):g} s seed {run[1]}", progress)
+    done = sharded(pipe, runs, one, out_dir, lambda run: f"memory: {run[0]} {max(durations):g} s seed {run[1]}", progress)
     if done is None:
         return None
     results, strips = [], {}

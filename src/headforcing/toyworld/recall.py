@@ -239,9 +239,9 @@ def summarise(events: list[dict]) -> dict:
     return table
 
 
-def evaluate_recall(policies: list[str], seconds: float, seeds: int, out: str, modes=MODES, heads: str | None = None,
+def evaluate_recall(pipe, policies: list[str], seconds: float, seeds: int, out: str, modes=MODES, heads: str | None = None,
                     weights: str | None = None, sampling: dict | None = None, first_seed: int = 0, progress=print) -> dict | None:
-    """Per mode x policy x seed a recall scene; recall.json, recall.md and recall.png in `out`."""
+    """Per mode x policy x seed a recall scene on the loaded toy model; recall.json, recall.md and recall.png in `out`."""
     from .eval import sharded
 
     if seeds < 1 or first_seed < 0:
@@ -255,7 +255,7 @@ def evaluate_recall(policies: list[str], seconds: float, seeds: int, out: str, m
         mode, policy, seed = r
         return run(pipe, policy, mode, seed, seconds, heads if policy.startswith("headforcing") else None, sampling), {}
 
-    done = sharded(runs, one, out_dir, weights, lambda r: r[1], lambda r: f"recall: {r[0]} {r[1]} seed {r[2]}", progress)
+    done = sharded(pipe, runs, one, out_dir, lambda r: f"recall: {r[0]} {r[1]} seed {r[2]}", progress)
     if done is None:
         return None
     results = [dict(mode=mode, policy=policy, recall=summarise([e for i, r in enumerate(runs) if r[:2] == (mode, policy) for e in done[i][0]]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -76,3 +77,11 @@ def check_output(path, what: str, suffix: str | None = None) -> Path:
     if path.exists() and not os.access(path, os.W_OK):
         raise UsageError(f"{what} {path} is not writable")
     return path
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

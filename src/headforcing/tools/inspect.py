@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UsageError
-from .loading import ORIGINAL_LAYOUT, dit_config_from_original, find_wan_folder, missing_local
-from .checkpoint import (
+from ..models.loading import ORIGINAL_LAYOUT, dit_config_from_original, find_wan_folder, missing_local
+from ..models.checkpoint import (
     LORA_KEY,
     dit_to_diffusers,
     fit,
@@ -110,7 +110,7 @@ def inspect_own(report: Report, path: Path) -> bool:
                             "continue it with `generate --resume` or Pipeline.resume")
         return True
     if keys and all(k.startswith(("transformer.", "words.")) for k in keys):
-        from .toy import checkpoint_info, load_toy
+        from ..models.toy import checkpoint_info, load_toy
 
         try:
             load_toy(str(path))
