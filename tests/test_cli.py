@@ -183,3 +183,33 @@ def test_every_command_explains_itself(command, capsys):
     with pytest.raises(SystemExit) as done:
         main([*command, "--help"])
     assert done.value.code == 0 and "usage: headforcing" in capsys.readouterr().out
+
+
+def test_the_timeline_counts_a_continued_images_frames(tmp_path, monkeypatch):
+    """After an --init-image, on a model whose VAE makes 4 video frames per latent frame (the first only 1), the
+    timeline written beside the mp4 says a switch starts at the frame where its chunk's frames begin in the file,
+    counted at the writer (the first generated chunk decodes to 4 frames per latent frame, not 4N-3)."""
+    import cv2
+    import numpy as np
+
+    from headforcing.engine.pipeline import load
+    from headforcing.engine.timeline import Cue
+    from headforcing.runs.generate import Request, generate
+    from headforcing.utils.video import Mp4Writer
+
+    cv2.imwrite(str(tmp_path / "first.png"), np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    written = []  # frames in the file before each write: the image's, then each chunk's
+    real_write = Mp4Writer.write
+
+    def write(self, frames):
+        written.append(self.frames)
+        return real_write(self, frames)
+
+    monkeypatch.setattr(Mp4Writer, "write", write)
+    request = Request(prompt=[Cue(0.0, "a red circle"), Cue(1.2, "a blue square")], seconds=2.0, model="tiny",
+                      policy="self-forcing", out=str(tmp_path / "a.mp4"), init_image=str(tmp_path / "first.png"))
+    summary = generate(load("tiny"), request)
+    switch = summary.timeline[1]
+    assert written[0] == 0 and written[1] == 1  # the image, then the first chunk after its one frame
+    assert switch["start_frame"] == written[1 + switch["chunk"]] and switch["start_seconds"] == switch["start_frame"] / 16
+    assert json.loads((tmp_path / "a.timeline.json").read_text()) == summary.timeline

@@ -312,6 +312,13 @@ class Session:
             compile=dict(mode=self.sampler.compiled.mode, **self.sampler.compile_stats) if self.sampler.compiled else None,
         )
 
+    def timeline(self) -> list[dict]:
+        """Which prompt drove which part of the video, as applied (the history of switches): per prompt its first
+        chunk, its first video frame and that frame's time (a continued clip's frames counted in)."""
+        fps, frames = self.spec.fps, self.spec.video_frames
+        return [dict(prompt=h["prompt"], chunk=h["chunk"], start_frame=frames(h["frame"]), start_seconds=frames(h["frame"]) / fps)
+                for h in self.history]
+
     def recording(self, path: str, crf: int = 18):
         """An H.264 mp4 writer at this session's size and frame rate; the file appears whole when the block ends
         (`with s.recording("a.mp4") as mp4: mp4.write(s.step().frames)`)."""

@@ -82,16 +82,17 @@ def record(pipe, session, request, timeline: list[dict], latent_frames: int, pro
     seconds = time.perf_counter() - start
     if agree(bool(stop)):
         interrupted(session, request, writer, dict(timeline=timeline, latent_frames=latent_frames, clip_frames=clip_frames), stop.signum)
-    shifted = [dict(c, start_frame=c["start_frame"] + clip_frames, start_seconds=(c["start_frame"] + clip_frames) / spec.fps)
-               for c in timeline]
+    # as applied (the session's history, frames of a continued clip counted in), beside the times asked for
+    applied = [dict(prompt=a["prompt"], requested_start=cue["requested_start"], chunk=a["chunk"], start_frame=a["start_frame"],
+                    start_seconds=a["start_seconds"]) for a, cue in zip(session.timeline(), timeline)]
     if request.out is not None and leads:
-        write_timeline(request.out, shifted)
+        write_timeline(request.out, applied)
         state_path(request.out).unlink(missing_ok=True)  # an earlier interrupted run's: its first part is replaced
     return Summary(
         model=spec.name, frames=writer.frames if writer is not None else session.frame, latent_frames=session.frame,
         duration_s=(writer.frames if writer is not None else spec.video_frames(session.frame)) / spec.fps,
         seconds=seconds, fps=made / seconds, peak_memory_bytes=peak_memory(pipe.device), cache_bytes=session.cache.nbytes(),
-        timeline=shifted, compile=session.stats()["compile"], given=clip_frames if writer is not None else 0,
+        timeline=applied, compile=session.stats()["compile"], given=clip_frames if writer is not None else 0,
         parallel=session.stats()["parallel"], leads=leads,
     )
 

@@ -144,7 +144,7 @@ class Connection:
             self.chunk_seconds = took if self.chunk_seconds is None else 0.8 * self.chunk_seconds + 0.2 * took
             self.sent += len(frames)
             await self.ws.send_json(dict(type="chunk", frames=frames, stats=dict(stats, fps_made=self.fps_made, buffer=self.buffered()),
-                                         timeline=self.live.timeline()))
+                                         timeline=self.live.session.timeline()))
 
     async def watch_idle(self) -> None:
         timeout = self.hub.idle_timeout

@@ -59,11 +59,6 @@ class Live:
         return dict(chunk=s["chunks"], frames=s["video_frames"], seconds=s["seconds"], cache_mib=s["cache_bytes"] / 2**20,
                     episodic=s["episodic"], prompt=s["prompt"], policy=s["policy"], seed=self.session.options.seed, heads=s["heads"])
 
-    def timeline(self) -> list[dict]:
-        fps = self.pipe.spec.fps
-        return [dict(prompt=h["prompt"], chunk=h["chunk"], start_frame=self.pipe.spec.video_frames(h["frame"]),
-                     start_seconds=self.pipe.spec.video_frames(h["frame"]) / fps) for h in self.session.history]
-
     def save(self) -> tuple[Path, Path]:
         """The mp4 of the session so far and its timeline, as files (replacing the previous save's); the
         recording goes on in a new file that starts with a copy of this one."""
@@ -74,7 +69,7 @@ class Live:
         done.__exit__(None, None, None)
         video = done.path.with_name(f"video-{self.saves}.mp4")
         done.path.rename(video)
-        sidecar = write_timeline(video, self.timeline(), always=True)
+        sidecar = write_timeline(video, self.session.timeline(), always=True)
         self.writer = Mp4Writer(done.path, self.session.width, self.session.height, self.pipe.spec.fps)
         self.writer.copy(video)
         return video, sidecar
