@@ -4,26 +4,29 @@ It holds what belongs to this video only — the head-wise cache, the noise gene
 history, the clean latents kept for re-encoding at a prompt switch, the streaming decoder's causal state —
 and borrows everything else from a loaded model (`pipeline.Pipeline`). `step()` makes the next chunk;
 `set_prompt` takes effect from the next chunk; `start_from` commits a given clip as context first;
-`save` writes it all to one safetensors file (`state.py`) that `Pipeline.resume` continues exactly.
+`save` writes it all to one safetensors file (`state.py`: the format) that `Pipeline.resume` continues exactly;
+the session saves and restores its own fields, and each part (stores, decoder, profiler, noise) its own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from ..cache.episodic import EpisodicConfig
+from ..cache.episodic import ACTIONS, EpisodicConfig
 from ..cache.headmap import HeadMap
 from ..cache.headwise import HeadwiseCache
 from ..cache.policy import DEFAULT_RULE, Policy, RolePolicy, Sink, preset
 from ..cache.profiler import HeadProfiler, classify, parse_rule
+from ..cache.store import part
 from ..utils import threads
 from ..errors import UsageError
 from ..models.schedule import Schedule
-from . import state
+from .decode import StreamingVaeDecoder
 from .parallel import gather_profile
+from .state import cpu, own_states, policy_json, prefixed, read_state, session_args, stamped, store_states, write_state
 from .profiles import measured_headmap
 from .sampler import ChunkSampler, SeededNoise
 
@@ -329,23 +332,86 @@ class Session:
         return Mp4Writer(path, self.width, self.height, self.spec.fps, crf)
 
     def save(self, path: str, run: dict | None = None) -> None:
-        """Write this session's whole state to one safetensors file (tensors + JSON metadata, no pickle); each
-        part gives its own (engine/state.py has the format). `run`: JSON-able facts of the run driving it (what
-        `generate --resume` needs), kept with the state."""
-        meta, tensors = state.session_state(self, run)  # (under head parallelism every rank gives its heads)
+        """Write this session's whole state to one safetensors file (tensors + JSON metadata, no pickle);
+        engine/state.py has the format. `run`: JSON-able facts of the run driving it (what `generate --resume`
+        needs), kept with the state."""
+        meta, tensors = self.state(run)  # (under head parallelism every rank gives its heads)
         if not self.follows:
-            state.write_state(path, meta, tensors)
+            write_state(path, stamped(self.pipe, meta, tensors), tensors)
 
     @classmethod
     def load(cls, pipe, path: str) -> "Session":
         """The session saved at `path`, continuing exactly where it stopped (checked whole first)."""
-        meta, tensors = state.read_state(path)
+        meta, tensors = read_state(path)
         try:
-            prompt, options, headmap, episodic = state.session_args(pipe, meta, path)
+            prompt, options, headmap, episodic = session_args(pipe, meta, path)
             session = cls(pipe, prompt, episodic=episodic, headmap=headmap, **options)
-            state.restore(session, meta, tensors, path)
+            session.load_state(meta, tensors, path)
         except UsageError:
             raise
         except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as e:  # edited metadata
             raise UsageError(f"{path} is inconsistent: its metadata does not describe a session ({type(e).__name__}: {e})") from None
         return session
+
+    def state(self, run: dict | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(metadata, tensors): this session's position, prompts, noise and kept latents, and each part's own
+        state (stores, decoder, profiler) as that part gives it."""
+        tensors = prefixed("noise", self.noise.state())
+        if self.recent is not None:
+            tensors["recent"] = cpu(self.recent)
+        stores = []
+        for i, (meta, parts) in enumerate(store_states(self.cache)):
+            stores.append(meta)
+            tensors |= prefixed(f"store.{i}", parts)
+        decoder = profiler = None
+        if isinstance(self.decoder, StreamingVaeDecoder):
+            decoder, parts = self.decoder.state()
+            tensors |= prefixed("decoder", parts)
+        if self.profiler is not None:
+            if self.cache.split is not None:
+                gather_profile(self.profiler, self.cache.split)
+            profiler, parts = self.profiler.state()
+            tensors |= prefixed("profiler", parts)
+        meta = dict(
+            options=asdict(self.options), episodic=asdict(self.episodic) if self.episodic else None,
+            policy=policy_json(self.policy), headmap=self.headmap.to_json() if self.headmap is not None else None,
+            chunk=self.chunk, frame=self.frame, origin=self.origin,
+            prompt=self.prompt, pending=self.pending, history=self.history, blend=self.blend,
+            episodic_counts=self.episodic_counts, stores=stores, decoder=decoder, profiler=profiler, run=run,
+        )
+        return meta, tensors
+
+    def load_state(self, meta: dict, tensors: dict[str, torch.Tensor], path: str) -> None:
+        """Check every saved part against this freshly opened session, then copy each in (each part its own)."""
+        if policy_json(self.policy) != meta["policy"]:
+            raise UsageError(f"{path} was saved with another definition of policy {meta['options']['policy']!r}")
+        if (self.headmap is None) != (meta["headmap"] is None):
+            raise UsageError(f"{path} is inconsistent: profiling state and HeadMap disagree")
+        stores = self.cache.stores()
+        saved = own_states(self.cache, meta["stores"], tensors, path)
+        for i, (store, (store_meta, parts)) in enumerate(zip(stores, saved)):
+            wrong = store.check_state(store_meta, parts)
+            if wrong:
+                raise UsageError(f"{path} is inconsistent: store {i}: {wrong}")
+        decodes = meta["decoder"] is not None and not self.follows  # (a rank that follows another decodes nothing)
+        if decodes:
+            if not (isinstance(self.decoder, StreamingVaeDecoder) and self.decoder.decodes_like(meta["decoder"])):
+                raise UsageError(f"{path} holds a VAE decoder state this session does not decode with (decode option changed?)")
+            wrong = self.decoder.check_state(meta["decoder"], part("decoder", tensors))
+            if wrong:
+                raise UsageError(f"{path} is inconsistent: {wrong}")
+        # everything checked: copy in
+        for store, (store_meta, parts) in zip(stores, saved):
+            store.load_state(store_meta, parts)
+        if decodes:
+            self.decoder.load_state(meta["decoder"], part("decoder", tensors))
+        if self.profiler is not None:
+            self.profiler.load_state(meta["profiler"], part("profiler", tensors))
+        self.noise.load_state(part("noise", tensors))
+        self.recent = tensors["recent"].to(self.pipe.device) if "recent" in tensors else None
+        self.chunk, self.frame, self.origin = meta["chunk"], meta["frame"], meta["origin"]
+        self.prompt, self.pending, self.history = meta["prompt"], meta["pending"], meta["history"]
+        self.cache.tally.copy_(torch.tensor([meta["episodic_counts"][a] for a in ACTIONS]))
+        self.blend = list(meta["blend"]) if meta.get("blend") is not None else None
+        for prompt in {self.prompt, self.pending, (self.blend or [None])[0]} - {None}:
+            self.pipe.encode(prompt)

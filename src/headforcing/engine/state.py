@@ -22,14 +22,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..cache.episodic import ACTIONS, EpisodicConfig
+from ..cache.episodic import EpisodicConfig
 from ..cache.headmap import HeadMap
 from ..cache.policy import Episodic
 from ..cache.store import part
 from ..errors import UsageError, whole
-from .decode import StreamingVaeDecoder
 from ..utils.files import parse_json, publish
-from .parallel import gather_profile, gather_states, share_states
+from .parallel import gather_states, share_states
 
 FORMAT = "headforcing-session"
 VERSION = 2  # 2: the checksum covers the metadata too
@@ -78,36 +77,12 @@ def prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.T
     return {f"{prefix}.{name}": cpu(t) for name, t in tensors.items()}
 
 
-def session_state(session, run: dict | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(metadata, tensors) of a session: each part (stores, decoder, profiler, noise) gives its own."""
-    tensors = prefixed("noise", session.noise.state())
-    if session.recent is not None:
-        tensors["recent"] = cpu(session.recent)
-    stores = []
-    for i, (meta, parts) in enumerate(store_states(session.cache)):
-        stores.append(meta)
-        tensors |= prefixed(f"store.{i}", parts)
-    decoder = profiler = None
-    if isinstance(session.decoder, StreamingVaeDecoder):
-        decoder, parts = session.decoder.state()
-        tensors |= prefixed("decoder", parts)
-    if session.profiler is not None:
-        if session.cache.split is not None:
-            gather_profile(session.profiler, session.cache.split)
-        profiler, parts = session.profiler.state()
-        tensors |= prefixed("profiler", parts)
-    meta = dict(
-        format=FORMAT, version=VERSION, model=model_identity(session.pipe),
-        options=asdict(session.options), episodic=asdict(session.episodic) if session.episodic else None,
-        policy=policy_json(session.policy),
-        headmap=session.headmap.to_json() if session.headmap is not None else None,
-        chunk=session.chunk, frame=session.frame, origin=session.origin,
-        prompt=session.prompt, pending=session.pending, history=session.history, blend=session.blend,
-        episodic_counts=session.episodic_counts, stores=stores, decoder=decoder, profiler=profiler,
-        run=run,
-    )
+def stamped(pipe, meta: dict, tensors: dict[str, torch.Tensor]) -> dict:
+    """A session's metadata as the file holds it: the format and its version, the model's identity, and the
+    checksum of it all."""
+    meta = dict(format=FORMAT, version=VERSION, model=model_identity(pipe), **meta)
     meta["sha256"] = digest(tensors, meta)
-    return meta, tensors
+    return meta
 
 
 def store_states(cache) -> list[tuple[dict, dict]]:
@@ -224,40 +199,3 @@ def session_args(pipe, meta: dict, path: str) -> tuple[str, dict, HeadMap | None
     headmap = HeadMap.from_json(meta["headmap"]) if meta["headmap"] is not None else None
     episodic = EpisodicConfig(**meta["episodic"]) if meta["episodic"] is not None else None
     return meta["prompt"], options, headmap, episodic
-
-
-def restore(session, meta: dict, tensors: dict, path: str) -> None:
-    """Check every saved part against the freshly opened session, then copy each in."""
-    if policy_json(session.policy) != meta["policy"]:
-        raise UsageError(f"{path} was saved with another definition of policy {meta['options']['policy']!r}")
-    if (session.headmap is None) != (meta["headmap"] is None):
-        raise UsageError(f"{path} is inconsistent: profiling state and HeadMap disagree")
-    stores = session.cache.stores()
-    saved = own_states(session.cache, meta["stores"], tensors, path)
-    for i, (store, (store_meta, parts)) in enumerate(zip(stores, saved)):
-        wrong = store.check_state(store_meta, parts)
-        if wrong:
-            raise UsageError(f"{path} is inconsistent: store {i}: {wrong}")
-    decodes = meta["decoder"] is not None and not session.follows  # (a rank that follows another decodes nothing)
-    if decodes:
-        decoder = session.decoder
-        if not (isinstance(decoder, StreamingVaeDecoder) and decoder.decodes_like(meta["decoder"])):
-            raise UsageError(f"{path} holds a VAE decoder state this session does not decode with (decode option changed?)")
-        wrong = decoder.check_state(meta["decoder"], part("decoder", tensors))
-        if wrong:
-            raise UsageError(f"{path} is inconsistent: {wrong}")
-    # everything checked: copy in
-    for store, (store_meta, parts) in zip(stores, saved):
-        store.load_state(store_meta, parts)
-    if decodes:
-        session.decoder.load_state(meta["decoder"], part("decoder", tensors))
-    if session.profiler is not None:
-        session.profiler.load_state(meta["profiler"], part("profiler", tensors))
-    session.noise.load_state(part("noise", tensors))
-    session.recent = tensors["recent"].to(session.pipe.device) if "recent" in tensors else None
-    session.chunk, session.frame, session.origin = meta["chunk"], meta["frame"], meta["origin"]
-    session.prompt, session.pending, session.history = meta["prompt"], meta["pending"], meta["history"]
-    session.cache.tally.copy_(torch.tensor([meta["episodic_counts"][a] for a in ACTIONS]))
-    session.blend = list(meta["blend"]) if meta.get("blend") is not None else None
-    for prompt in {session.prompt, session.pending, (session.blend or [None])[0]} - {None}:
-        session.pipe.encode(prompt)
