@@ -101,21 +101,8 @@ def load_args(args) -> dict:
 
 
 def model_request_args(args) -> dict:
-    return dict(
-        seed=args.seed,
-        model=args.model,
-        size=args.size,
-        device=args.device,
-        dtype=args.dtype,
-        wan_dir=args.wan_dir,
-        checkpoint=args.checkpoint,
-        lora=args.lora,
-        lora_alpha=args.lora_alpha,
-        ema=not args.no_ema,
-        text_encoder_device=args.text_encoder_device,
-        toy_weights=args.toy_weights,
-        context_noise=args.context_noise,
-    )
+    """The model flags as a generate Request's fields: where to load it from, and what fixes its draws and shape."""
+    return dict(seed=args.seed, model=args.model, size=args.size, **load_args(args), context_noise=args.context_noise)
 
 
 def prompt_timeline(args):
