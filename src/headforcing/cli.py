@@ -636,10 +636,10 @@ def run_inspect(args) -> int:
 
 
 def main(argv=None) -> int:
-    signals.install()  # Ctrl-C / SIGTERM from here on: one line, exit 130 / 143, no traceback
-    logging.getLogger("matplotlib").setLevel(logging.ERROR)  # its cache-folder note is not ours to print
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past a file-size limit, writes fail (EFBIG) instead of killing us
     try:
+        signals.install()  # Ctrl-C / SIGTERM from here on: one line, exit 130 / 143, no traceback (hence inside the try)
+        logging.getLogger("matplotlib").setLevel(logging.ERROR)  # its cache-folder note is not ours to print
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past a file-size limit, writes fail (EFBIG) instead of killing us
         args = build_parser().parse_args(argv)
         if getattr(args, "threads", None) is not None:
             if not 1 <= args.threads <= 1024:
