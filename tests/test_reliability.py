@@ -118,6 +118,22 @@ def test_a_signal_during_start_up_is_one_line_and_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_signal_the_moment_the_handler_is_in_is_one_line(monkeypatch, capsys):
+    """The first thing after the handler goes in can be interrupted too (here: the signal lands in the first
+    call that follows it): still the one line and 143, no traceback."""
+    from types import SimpleNamespace
+
+    from headforcing import cli
+    from headforcing.utils import signals
+
+    def interrupted(name=None):
+        raise signals.Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(cli, "logging", SimpleNamespace(getLogger=interrupted, ERROR=40))  # the CLI's only
+    assert main(["generate", "--prompt", "a red circle", "--latents-only"]) == 143
+    assert capsys.readouterr().err.strip() == "headforcing: interrupted"
+
+
 def test_resume_refuses_what_contradicts_the_state(tmp_path, capsys):
     run = Run([*RUN, "--out", "part.mp4", "--seed", "4"], tmp_path)
     run.wait_for(6)
