@@ -1,6 +1,6 @@
 """Follow a `generate` request through the package: which modules it passes and how often it comes back to one.
 
-From the parsed arguments (`cli.run_generate`) to the first frame written (`Mp4Writer.write`), every call into
+From the parsed arguments (`cli.generate.run_generate`) to the first frame written (`Mp4Writer.write`), every call into
 a function of the headforcing package is recorded by its module; consecutive calls in one module are one visit.
 A *return* is a visit to a module the request had already left. Loading the model (`engine.pipeline.load`, which
 the request hands its load arguments to) is followed as its own path: the request path starts once a loaded

@@ -262,7 +262,7 @@ def step(self, *args, **kwargs):
         raise RuntimeError("a fault the test injected")
     return real(self, *args, **kwargs)
 Session.step = step
-from headforcing.cli import listen
+from headforcing.cli.serve import listen
 sock = listen("127.0.0.1", int(sys.argv[1]))
 app = create_app(load("toy"), max_sessions=1)
 print("headforcing live: http://127.0.0.1:%s/ (a faulty model)" % sys.argv[1], flush=True)
