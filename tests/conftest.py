@@ -14,8 +14,12 @@ from headforcing.utils import threads
 
 # the tests' models are small: 2 threads, or 1 when another process holds a core; chosen once and kept (as
 # `--threads N` is), so that two sessions of one test never run with different counts, whose float rounding
-# differs (sessions otherwise look at the machine's load again when they open; test_threads.py tests that)
-threads.use(threads.fit("tiny", "cpu"))
+# differs (sessions otherwise look at the machine's load again when they open; test_threads.py tests that).
+# Under pytest-xdist the workers share the cores: each takes at most its share, whatever the load looked like at
+# its start (two workers that both saw an idle machine took 2 threads each on 2 cores, and the suite ran 2-3x
+# slower: 1054 s and 1399 s in clean clones against 442 s; docs/BENCHMARKS.md has why)
+workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+threads.use(min(threads.fit("tiny", "cpu"), max(1, (os.cpu_count() or 1) // workers)))
 diffusers_logging.set_verbosity_error()  # the oracle casts the whole tiny model to float64 on purpose
 
 ROOT = Path(__file__).resolve().parents[1]
