@@ -88,12 +88,13 @@ def record(pipe, session, request, timeline: list[dict], latent_frames: int, pro
     if request.out is not None and leads:
         write_timeline(request.out, applied)
         state_path(request.out).unlink(missing_ok=True)  # an earlier interrupted run's: its first part is replaced
+    stats = session.stats()
     return Summary(
         model=spec.name, frames=writer.frames if writer is not None else session.frame, latent_frames=session.frame,
         duration_s=(writer.frames if writer is not None else spec.video_frames(session.frame)) / spec.fps,
-        seconds=seconds, fps=made / seconds, peak_memory_bytes=peak_memory(pipe.device), cache_bytes=session.cache.nbytes(),
-        timeline=applied, compile=session.stats()["compile"], given=clip_frames if writer is not None else 0,
-        parallel=session.stats()["parallel"], leads=leads,
+        seconds=seconds, fps=made / seconds, peak_memory_bytes=peak_memory(pipe.device), cache_bytes=stats["cache_bytes"],
+        timeline=applied, compile=stats["compile"], given=clip_frames if writer is not None else 0,
+        parallel=stats["parallel"], leads=leads,
     )
 
 
